@@ -1,0 +1,22 @@
+"""The shapes world and the book model: scenes with ground truth, captions, an evaluator, and a small
+Flux-architecture text-to-image pipeline trained on them."""
+from pathlib import Path
+
+from .pipeline import ShapesPipeline, build_components, build_tokenizer, pack, unpack
+from .quality import QUALITY_SEED, generate, measure_quality
+from .world import (ATTRIBUTES, CANVAS, COLOURS, HELD_OUT, PALETTE, POSITIONS, SHAPES, SIZES, VOCABULARY, WHERE,
+                    Scene, all_scenes, evaluate, evaluate_batch, is_held_out, parse_caption, render, sample_scenes,
+                    score)
+
+#: Where the trained book model lives (package data: installing the package brings it along).
+MODEL_DIR = Path(__file__).parent / "model"
+
+
+def load_shapes_pipeline(path=MODEL_DIR) -> ShapesPipeline:
+    """The trained book model on CPU, from the package's own files (no network)."""
+    if not (Path(path) / "model_index.json").exists():
+        raise FileNotFoundError(f"no trained shapes pipeline at {path}; train one with "
+                                "`python -m helpers.shapes.train --out DIR`")
+    pipe = ShapesPipeline.from_pretrained(path, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

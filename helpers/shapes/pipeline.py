@@ -187,7 +187,8 @@ class ShapesPipeline(DiffusionPipeline):
                 velocity = uncond + guidance_scale * (cond - uncond)
             latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
             if callback_on_step_end is not None:
-                callback_kwargs = {k: locals()[k] for k in callback_on_step_end_tensor_inputs}
+                local = locals()
+                callback_kwargs = {k: local[k] for k in callback_on_step_end_tensor_inputs}
                 outputs = callback_on_step_end(self, i, t, callback_kwargs)
                 latents = outputs.pop("latents", latents)
 

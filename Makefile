@@ -1,0 +1,56 @@
+# Few Channels Draw the Whole Picture — build and check the executable book.
+#   make book   execute every notebook (cached) and build the HTML book into _build/html
+#   make test   unit tests, notebooks re-run with nbval, book build from stored outputs, browser check
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.few-channels-installed
+CHROMIUM ?= /usr/bin/chromium
+export CHROMIUM
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
+export MPLBACKEND := Agg
+
+.PHONY: install book test unit notebooks book-stored check-book chromium clean
+
+# Create the virtualenv if missing, install the exact pins and the helpers package (editable).
+# The stamp makes a second call instant; editing requirements.txt or pyproject.toml reinstalls.
+install: $(STAMP)
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt -e .
+	@touch $@
+
+book: install
+	$(VENV)/bin/jupyter-book build .
+	@echo "Open file://$(CURDIR)/_build/html/index.html"
+
+test: install chromium unit notebooks book-stored check-book
+	@echo "make test: all checks passed"
+
+unit: install
+	$(PY) -m pytest -q tests
+
+notebooks: install
+	$(PY) -m pytest -q --nbval-lax --nbval-current-env --nbval-cell-timeout=600 \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg notebooks/
+
+# nbval has just executed every notebook; build the book from the stored outputs instead of a third run.
+book-stored: install
+	@mkdir -p _build
+	$(PY) -c "import yaml; c = yaml.safe_load(open('_config.yml')); c['execute']['execute_notebooks'] = 'off'; \
+		yaml.safe_dump(c, open('_build/_config.stored.yml', 'w'), allow_unicode=True, sort_keys=False)"
+	$(VENV)/bin/jupyter-book build . --config _build/_config.stored.yml -W --keep-going
+
+check-book: install chromium
+	$(PY) tools/check_book.py _build/html
+
+# Headless browser for the book check: Debian's chromium, or any Chrome given as CHROMIUM=/path.
+chromium:
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+		else echo "no browser at $(CHROMIUM): run 'sudo apt-get install -y chromium' or set CHROMIUM=/path/to/chrome" >&2; exit 1; fi; \
+	fi
+
+clean:
+	rm -rf _build
