@@ -9,7 +9,6 @@ STAMP := $(VENV)/.few-channels-installed
 CHROMIUM ?= /usr/bin/chromium
 export CHROMIUM
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
-export MPLBACKEND := Agg
 
 .PHONY: install book test unit notebooks book-stored check-book chromium clean
 
