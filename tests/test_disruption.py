@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import helpers
-from helpers.disruption import (block_conditions, calibration_statistic, collapse_sentence, collapse_summary,
-                                condition_grid, condition_map, condition_set, control_selections, disruption_table, generate_images, pixel_change,
-                                plot_accuracy_vs_k, plot_map, shapes_score, step_conditions, step_ranges,
-                                summarise_sets)
+from helpers.disruption import (block_conditions, block_labels, calibration_statistic, collapse_sentence,
+                                collapse_summary, condition_grid, condition_map, condition_set, control_selections,
+                                disruption_table, generate_images, pixel_change, plot_accuracy_vs_k, plot_map,
+                                shapes_score, step_conditions, step_ranges, summarise_sets)
 from helpers.shapes import HELD_OUT, ShapesPipeline, build_components, render, sample_scenes
 
 PROMPTS = [s.caption for s in sample_scenes(3, seed=5, exclude=HELD_OUT)]
@@ -43,7 +43,6 @@ def test_calibration_statistic_is_per_block_and_channel(tiny, stat):
 
 
 def test_block_labels(tiny):
-    from helpers.disruption import block_labels
     assert block_labels(tiny) == ["double 0", "single 0"]
 
 
