@@ -2,10 +2,11 @@
 
 Plain and recorded generations are interleaved (so drifts in machine load hit both alike) and the ratio is the median
 recorded time over the median plain time. Default: the book model on CPU (the bundled weights if present, else a
-random ShapesPipeline), 20 steps, batch 8. ``--full-flux``: a full-size FLUX.1 transformer (3072 wide, 19 + 38
-blocks) with random bf16 weights in ``FluxPipeline`` at 1024x1024 (4096 image tokens), 28 steps, on a GPU.
+random ShapesPipeline), 20 steps, batch 8, one torch thread. ``--full-flux``: a full-size FLUX.1 transformer (3072
+wide, 19 + 38 blocks) with random bf16 weights in ``FluxPipeline`` at 1024x1024 (4096 image tokens), 28 steps, on a
+GPU.
 
-    python benchmarks/record_overhead.py [--repeats 15] [--full-flux]
+    python benchmarks/record_overhead.py [--repeats 15] [--threads 1] [--full-flux]
 """
 from __future__ import annotations
 
@@ -70,10 +71,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=None, help="timed pairs (default 15 CPU, 3 GPU)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default 20 CPU, 28 GPU)")
     parser.add_argument("--batch", type=int, default=None, help="images per generation (default 8 CPU, 1 GPU)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default 1 for the book model: on a shared 2-core machine more threads "
+                             "oversubscribe the cores and the timings measure contention, not recording)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads or not args.full_flux:
+        torch.set_num_threads(args.threads or 1)
     if args.full_flux:
         steps, batch, repeats = args.steps or 28, args.batch or 1, args.repeats or 3
         pipe, generate, what = full_flux_generation(batch, steps)
