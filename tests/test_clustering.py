@@ -9,7 +9,7 @@ import torch
 
 import helpers
 from helpers import clustering as cl
-from helpers.shapes import ShapesPipeline, build_components, pack, render, sample_scenes
+from helpers.shapes import pack, render, sample_scenes
 
 
 def object_tokens(grid=(8, 8), box=(2, 5, 3, 6), channels=6, signal=(0,), seed=0, strength=10.0):
@@ -22,14 +22,6 @@ def object_tokens(grid=(8, 8), box=(2, 5, 3, 6), channels=6, signal=(0,), seed=0
     x = rng.normal(size=(grid[0] * grid[1], channels))
     x[mask.ravel()[:, None] & np.isin(np.arange(channels), signal)[None]] += strength
     return x.astype(np.float32), mask
-
-
-@pytest.fixture(scope="module")
-def tiny_pipe():
-    torch.manual_seed(0)
-    pipe = ShapesPipeline(**build_components(width=32, heads=2, double=1, single=1))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 # ----------------------------------------------------------------------------------------------- grids

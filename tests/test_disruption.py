@@ -14,36 +14,28 @@ from helpers.disruption import (block_conditions, block_labels, calibration_stat
                                 collapse_summary, condition_grid, condition_map, condition_set, control_selections,
                                 disruption_table, generate_images, pixel_change, plot_accuracy_vs_k, plot_map,
                                 shapes_score, step_conditions, step_ranges, summarise_sets)
-from helpers.shapes import HELD_OUT, ShapesPipeline, build_components, render, sample_scenes
+from helpers.shapes import HELD_OUT, render, sample_scenes
 
 PROMPTS = [s.caption for s in sample_scenes(3, seed=5, exclude=HELD_OUT)]
 STEPS = 2
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    pipe = ShapesPipeline(**build_components(width=32, heads=2, double=1, single=1))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def stat(tiny_pipe):
+    return calibration_statistic(tiny_pipe, PROMPTS[:2], seed=1, num_inference_steps=STEPS)
 
 
-@pytest.fixture(scope="module")
-def stat(tiny):
-    return calibration_statistic(tiny, PROMPTS[:2], seed=1, num_inference_steps=STEPS)
-
-
-def test_calibration_statistic_is_per_block_and_channel(tiny, stat):
+def test_calibration_statistic_is_per_block_and_channel(tiny_pipe, stat):
     assert stat.shape == (2, 32)
     assert (stat >= 0).all() and stat.max() > 0
-    with helpers.record(tiny) as rec:
-        tiny(prompt=PROMPTS[:2], num_inference_steps=STEPS, generator=torch.Generator().manual_seed(1),
+    with helpers.record(tiny_pipe) as rec:
+        tiny_pipe(prompt=PROMPTS[:2], num_inference_steps=STEPS, generator=torch.Generator().manual_seed(1),
              output_type="latent")
     torch.testing.assert_close(stat, helpers.channel_statistic(rec))
 
 
-def test_block_labels(tiny):
-    assert block_labels(tiny) == ["double 0", "single 0"]
+def test_block_labels(tiny_pipe):
+    assert block_labels(tiny_pipe) == ["double 0", "single 0"]
 
 
 def test_control_selections(stat):
@@ -86,11 +78,11 @@ def test_pixel_change():
         pixel_change(a[:1], a)
 
 
-def test_disruption_table_tiny(tiny, stat):
+def test_disruption_table_tiny(tiny_pipe, stat):
     sel = {"top-2": helpers.top_k(stat, 2), "every": torch.arange(32),
            "one block": {"channels": torch.arange(32), "blocks": [1], "steps": [0, 1]},
            "identity": {"channels": torch.arange(32), "mode": "scale", "scale": 1.0}}
-    table, images = disruption_table(tiny, PROMPTS, sel, seed=3, return_images=True, num_inference_steps=STEPS)
+    table, images = disruption_table(tiny_pipe, PROMPTS, sel, seed=3, return_images=True, num_inference_steps=STEPS)
     assert list(table.index) == ["baseline", *sel]
     assert table.loc["baseline", "pixel_change"] == 0 and table.loc["identity", "pixel_change"] == 0
     assert table.loc["every", "pixel_change"] > 0.01
@@ -98,26 +90,26 @@ def test_disruption_table_tiny(tiny, stat):
     assert table.loc["one block", "blocks"] == "1" and table.loc["one block", "steps"] == "0,1"
     assert table.loc["top-2", "blocks"] == "all" and table.loc["top-2", "set"] == "top"
     assert images["every"].shape == (3, 32, 32, 3) and set(images) == {"baseline", *sel}
-    np.testing.assert_array_equal(images["baseline"], generate_images(tiny, PROMPTS, 3, num_inference_steps=STEPS))
-    again = disruption_table(tiny, PROMPTS, {"every": torch.arange(32)}, seed=3, reference=images["baseline"],
+    np.testing.assert_array_equal(images["baseline"], generate_images(tiny_pipe, PROMPTS, 3, num_inference_steps=STEPS))
+    again = disruption_table(tiny_pipe, PROMPTS, {"every": torch.arange(32)}, seed=3, reference=images["baseline"],
                              num_inference_steps=STEPS)
     assert again.loc["every", "pixel_change"] == pytest.approx(table.loc["every", "pixel_change"])
     assert "all" not in table  # no score function, no accuracy
 
 
-def test_disruption_table_errors(tiny):
+def test_disruption_table_errors(tiny_pipe):
     with pytest.raises(ValueError, match="selections is empty"):
-        disruption_table(tiny, PROMPTS, {})
+        disruption_table(tiny_pipe, PROMPTS, {})
     with pytest.raises(ValueError, match="reserved"):
-        disruption_table(tiny, PROMPTS, {"baseline": torch.tensor([0])})
+        disruption_table(tiny_pipe, PROMPTS, {"baseline": torch.tensor([0])})
     with pytest.raises(ValueError, match="unknown condition keys"):
-        disruption_table(tiny, PROMPTS, {"x": {"channels": [0], "block": [1]}})
+        disruption_table(tiny_pipe, PROMPTS, {"x": {"channels": [0], "block": [1]}})
     with pytest.raises(ValueError, match="needs 'channels'"):
-        disruption_table(tiny, PROMPTS, {"x": {"blocks": [1]}})
+        disruption_table(tiny_pipe, PROMPTS, {"x": {"blocks": [1]}})
     with pytest.raises(TypeError, match="channel indices or a dict"):
-        disruption_table(tiny, PROMPTS, {"x": 3})
+        disruption_table(tiny_pipe, PROMPTS, {"x": 3})
     with pytest.raises(ValueError, match="column 'all'"):
-        disruption_table(tiny, PROMPTS[:1], {"x": [0]}, score_fn=lambda ims, p: pd.DataFrame({"a": [True]}),
+        disruption_table(tiny_pipe, PROMPTS[:1], {"x": [0]}, score_fn=lambda ims, p: pd.DataFrame({"a": [True]}),
                          num_inference_steps=1)
 
 

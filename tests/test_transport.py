@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.shapes import ShapesPipeline, build_components
 from helpers.transport import (SourceCache, attribute_pairs, cached_transport, cluster_masks, difference_share,
                                foreground_mask, interpolated_prompt_embeds, lockstep_transport, massive_channels,
                                plain_generation, record_source, transport_scores)
@@ -15,11 +14,8 @@ STEPS = 4
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    torch.manual_seed(0)
-    p = ShapesPipeline(**build_components(width=32, heads=2, double=1, single=1))
-    p.set_progress_bar_config(disable=True)
-    return p
+def pipe(tiny_pipe):
+    return tiny_pipe
 
 
 @pytest.fixture(scope="module")
