@@ -4,14 +4,16 @@ Rectified flow in pixel space: x_t = (1 - t) x_0 + t * noise, and the transforme
 Captions are dropped 5% of the time so classifier-free guidance is available. The saved pipeline holds the
 EMA weights. ``DIR/train_log.jsonl`` logs the loss, and at intervals the massive-activation ratio (per block, the
 top channel's |mean over image tokens| over the median channel's, at t = 0.5). Rerunning with the same
-arguments resumes from ``DIR/checkpoint.pt``; the learning rate is constant after warm-up, so a run stopped at
-step N equals a run asked for N steps.
+arguments resumes from ``DIR/checkpoint.pt``. The learning rate is constant after warm-up until ``--decay-start``,
+then follows a half cosine to zero at ``--steps``; before the decay a run stopped at step N equals a run asked for N
+steps, so a constant-rate run can be resumed with a decay added.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
+import math
 import time
 from pathlib import Path
 
@@ -32,6 +34,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--decay-start", type=int, default=None,
+                   help="step where the learning rate starts a cosine decay to zero at --steps (default: no decay)")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--caption-dropout", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
@@ -73,6 +77,15 @@ def massive_ratios(pipe: ShapesPipeline, captions: list[str], t: float = 0.5, se
     return result
 
 
+def lr_factor(step: int, args) -> float:
+    """Linear warm-up, constant, then (from ``decay_start``) a half cosine down to zero at the last step."""
+    warm = min(1.0, (step + 1) / args.warmup)
+    if args.decay_start is None or step < args.decay_start:
+        return warm
+    progress = min(1.0, (step - args.decay_start) / max(1, args.steps - args.decay_start))
+    return warm * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.threads:
@@ -84,7 +97,7 @@ def main(argv=None):
     trainable = [pipe.transformer, pipe.text_encoder]
     params = [p for m in trainable for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, args))
     ema = copy.deepcopy(trainable)
     for m in ema:
         m.requires_grad_(False)
