@@ -178,6 +178,11 @@ class Recording(_HookContext):
     def timesteps(self) -> list[float | None]:
         return self.counter.timesteps
 
+    @property
+    def calls_per_step(self) -> list[int]:
+        """Transformer calls in each step: 1, or 2 where guidance makes a cond call and then an uncond call."""
+        return [len(calls) for calls in self._calls]
+
     def _block_hook(self, index: int, rule: str) -> Callable:
         def hook(module, args, output):
             x = image_tokens(output, rule, self.counter.n_text).detach()

@@ -13,7 +13,9 @@ to the error of swapping ``v(x_t)`` for ``v(x_{t_next})`` at every step.
 The inversion is generic over diffusers flow-matching pipelines: ``invert`` swaps the pipeline's scheduler for one
 that walks the sigma grid backwards and calls the pipeline itself, so the pipeline still encodes the prompt, builds
 its position ids and guidance and calls its transformer exactly as when it samples. Latents are in whatever form
-the pipeline's ``latents=`` argument takes (packed tokens for FLUX and the book model, (B, C, h, w) for SD3/SANA).
+the pipeline's ``latents=`` argument takes (packed tokens for FLUX.1, Qwen-Image and the book model, (B, C, h, w) for
+SD3, SANA and FLUX.2, whose pipeline packs them itself). PixArt-Sigma samples with a noise-predicting scheduler: it is
+refused with an error that names it.
 
     inv = invert(pipe, latents, num_inference_steps=20, prompt=captions)
     redrawn = pipe(prompt=captions, latents=inv.noise, num_inference_steps=20)
@@ -112,7 +114,11 @@ def reversed_scheduler(pipe, timestep: str = "current"):
     """Swap ``pipe.scheduler`` for a ``ReversedFlowScheduler`` inside the context; the original comes back on exit,
     also on error. The pipeline's config is left untouched."""
     original = pipe.scheduler
-    wrapper = ReversedFlowScheduler(original, timestep)
+    try:
+        wrapper = ReversedFlowScheduler(original, timestep)
+    except ValueError as err:  # name the pipeline: e.g. PixArt-Sigma samples with an epsilon-prediction DPM-Solver
+        transformer = type(getattr(pipe, "transformer", None)).__name__
+        raise ValueError(f"{type(pipe).__name__} ({transformer}): {err}") from None
     object.__setattr__(pipe, "scheduler", wrapper)  # DiffusionPipeline.__setattr__ would rewrite the config
     try:
         yield wrapper
@@ -139,7 +145,7 @@ def invert(pipe, latents: torch.Tensor, num_inference_steps: int = 20, timestep:
     if len(scheduler.trajectory) != num_inference_steps + 1:
         raise RuntimeError(f"expected {num_inference_steps} inversion steps, the pipeline took "
                            f"{len(scheduler.trajectory) - 1}")
-    trajectory = torch.stack(scheduler.trajectory, dim=1)
+    trajectory = _as_latents(torch.stack(scheduler.trajectory, dim=1), latents)
     return Inversion(noise=trajectory[:, -1].to(latents.device, latents.dtype), trajectory=trajectory,
                      sigmas=scheduler.sigmas)
 
@@ -147,11 +153,44 @@ def invert(pipe, latents: torch.Tensor, num_inference_steps: int = 20, timestep:
 def invert_and_regenerate(pipe, latents: torch.Tensor, num_inference_steps: int = 20, timestep: str = "current",
                           **pipe_kwargs) -> tuple[Inversion, torch.Tensor]:
     """Invert ``latents`` and sample again from the inverted noise with the same conditioning and steps; returns
-    the inversion and the regenerated latents (compare them with ``latents`` for the inversion's faithfulness)."""
+    the inversion and the regenerated latents, in the format of ``latents`` (compare the two for the inversion's
+    faithfulness)."""
     inv = invert(pipe, latents, num_inference_steps, timestep, **pipe_kwargs)
-    out = pipe(latents=inv.noise, num_inference_steps=num_inference_steps, output_type="latent", **pipe_kwargs)
-    images = out.images if hasattr(out, "images") else out[0]
-    return inv, images
+    # The scheduler's last sample, not the pipeline's output: FLUX.2 returns its latents unpacked and de-normalised.
+    with _last_sample(pipe) as last:
+        pipe(latents=inv.noise, num_inference_steps=num_inference_steps, output_type="latent", **pipe_kwargs)
+    return inv, _as_latents(last[0][:, None], latents)[:, 0]
+
+
+def _as_latents(states: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    """Scheduler samples (B, T, ...) in the format of the pipeline's ``latents=`` argument, as ``latents`` are. Most
+    pipelines step the latents in the form they are given; FLUX.2 takes (B, C, h, w) and packs them into tokens
+    (B, h * w, C) first, which is undone here, so that the inverted noise can be given back as ``latents=``."""
+    shape = tuple(latents.shape[1:])
+    if tuple(states.shape[2:]) == shape:
+        return states
+    if len(shape) == 3 and tuple(states.shape[2:]) == (shape[1] * shape[2], shape[0]):
+        return states.transpose(-1, -2).reshape(*states.shape[:2], *shape)
+    raise RuntimeError(f"the pipeline's scheduler stepped latents of shape {tuple(states.shape[2:])}, which do not "
+                       f"map back onto the latents= format {shape}")
+
+
+@contextmanager
+def _last_sample(pipe):
+    """Inside the context, ``kept[0]`` is the sample the scheduler's latest step returned."""
+    scheduler, kept = pipe.scheduler, []
+    step = scheduler.step
+
+    def keeping(*args, **kwargs):
+        out = step(*args, **kwargs)
+        kept[:] = [out[0] if isinstance(out, tuple) else out.prev_sample]
+        return out
+
+    scheduler.step = keeping  # an instance attribute, in front of the class's method
+    try:
+        yield kept
+    finally:
+        del scheduler.step
 
 
 # ----------------------------------------------------------------------------------- subject-driven transport

@@ -220,28 +220,43 @@ def interactive_session() -> bool:
     return bool(os.environ.get("JPY_SESSION_NAME"))
 
 
-def _check_rows(mean: torch.Tensor, images, prompts) -> None:
-    n_rows = mean.shape[2]
-    if len(images) != n_rows or len(prompts) != n_rows:
-        raise ValueError(f"the recording has {n_rows} rows but {len(images)} images and {len(prompts)} prompts were "
-                         "given (with classifier-free guidance, pass only the conditional rows' recording)")
+def image_rows(rec, n_images: int) -> list[int]:
+    """The rows of a recording that hold the ``n_images`` generated images: every row without classifier-free
+    guidance; with it (2 x n_images rows) the conditional half -- the second where one call per step batches
+    ``[uncond, cond]`` (SD3, SANA, PixArt, the book model), the first where each step makes a cond call and then an
+    uncond call (Qwen-Image, FLUX with true CFG; see ``helpers.activations``)."""
+    n_rows = _mean_of(rec).shape[2]
+    if n_rows == n_images:
+        return list(range(n_rows))
+    calls = getattr(rec, "calls_per_step", None)
+    if n_rows != 2 * n_images or not calls or calls[0] not in (1, 2):
+        raise ValueError(f"the recording has {n_rows} rows but {n_images} images were given (with classifier-free "
+                         "guidance, give the Recording itself: its rows are twice the images)")
+    return list(range(n_images)) if calls[0] == 2 else list(range(n_images, 2 * n_images))
+
+
+def _check_rows(rec, images, prompts) -> list[int]:
+    if len(images) != len(prompts):
+        raise ValueError(f"{len(images)} images but {len(prompts)} prompts were given: one prompt per image")
+    return image_rows(rec, len(images))
 
 
 def profile_view(rec, images, prompts, block: int, step: int, prompt: int):
     """The explorer's view for one choice: the prompt's channel profile (|mean over image tokens| per channel) in
-    ``block`` at ``step``, next to its generated image. Returns the figure."""
+    ``block`` at ``step``, next to its generated image. ``prompt`` indexes the images; with classifier-free guidance
+    the profile is that of the image's conditional row (``image_rows``). Returns the figure."""
     from .plotting import channel_profile
 
     mean = _mean_of(rec)
-    _check_rows(mean, images, prompts)
-    n_steps, n_blocks, n_rows, _ = mean.shape
-    for name, value, size in (("block", block, n_blocks), ("step", step, n_steps), ("prompt", prompt, n_rows)):
+    rows = _check_rows(rec, images, prompts)
+    n_steps, n_blocks, _, _ = mean.shape
+    for name, value, size in (("block", block, n_blocks), ("step", step, n_steps), ("prompt", prompt, len(rows))):
         if not 0 <= value < size:
             raise IndexError(f"{name} {value} out of range [0, {size})")
     labels = block_labels(getattr(rec, "block_names", None) or [str(i) for i in range(n_blocks)])
     t = (getattr(rec, "timesteps", None) or [None] * n_steps)[step]
     when = f"step {step}" + (f" (t = {t:.2f})" if isinstance(t, float) else "")
-    return channel_profile(mean[step, block, prompt].abs(), images[prompt], title=f"{labels[block]}, {when}",
+    return channel_profile(mean[step, block, rows[prompt]].abs(), images[prompt], title=f"{labels[block]}, {when}",
                            caption=prompts[prompt])
 
 
@@ -251,8 +266,8 @@ def explore(rec, images, prompts, block: int = 0, step: int | None = None, promp
     (see ``interactive_session``; ``force=True`` builds it anyway); returns the widget, or None when not built, so an
     unattended run stores no widget in the notebook."""
     mean = _mean_of(rec)
-    _check_rows(mean, images, prompts)
-    n_steps, n_blocks, n_rows, _ = mean.shape
+    n_rows = len(_check_rows(rec, images, prompts))
+    n_steps, n_blocks, _, _ = mean.shape
     step = n_steps // 2 if step is None else step
     if not (force or interactive_session()):
         return None
