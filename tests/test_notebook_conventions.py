@@ -5,6 +5,7 @@ size; and that every entry of _toc.yml exists and every notebook is in it.
 """
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,24 +19,8 @@ OWNER_REPO = REPO_URL.removeprefix("https://github.com/")
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 MAX_BYTES = 2 * 1024 * 1024
 
-
-def toc_files():
-    """Every `file:` (and the root) of _toc.yml, as written there (no extension)."""
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files = [toc["root"]]
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "file" in node:
-                files.append(node["file"])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk({k: v for k, v in toc.items() if k != "root"})
-    return files
+sys.path.insert(0, str(ROOT / "tools"))
+from toc import toc_files  # noqa: E402  (the page list, shared with tools/check_book.py)
 
 
 def source(cell):

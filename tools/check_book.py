@@ -13,10 +13,11 @@ import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import yaml
-
 os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
 from playwright.sync_api import sync_playwright  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from toc import toc_files  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -34,26 +35,6 @@ IMAGES_JS = """async () => {
   return {local: local.length, external: imgs.length - local.length,
           broken: local.filter(i => i.naturalWidth === 0).map(i => i.getAttribute('src'))};
 }"""
-
-
-def toc_files():
-    """The root and every `file:` entry of _toc.yml, in order, without extension."""
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files = [toc["root"]]
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "file" in node:
-                files.append(node["file"])
-            for key, value in node.items():
-                if key != "root":
-                    walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(toc)
-    return [str(Path(f).with_suffix("")) if f.endswith((".md", ".ipynb")) else f for f in files]
 
 
 def serve(directory):

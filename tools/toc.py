@@ -1,0 +1,26 @@
+"""The book's page list, read from _toc.yml: one place for the browser check and the notebook-convention tests."""
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def toc_files(toc_path: Path = ROOT / "_toc.yml") -> list[str]:
+    """The root and every `file:` entry of _toc.yml, in order, without extension."""
+    toc = yaml.safe_load(Path(toc_path).read_text())
+    files = [toc["root"]]
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "file" in node:
+                files.append(node["file"])
+            for key, value in node.items():
+                if key != "root":
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(toc)
+    return [str(Path(f).with_suffix("")) if f.endswith((".md", ".ipynb")) else f for f in files]
