@@ -14,6 +14,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--guidance", type=float, default=1.0, help="guidance_scale (> 1: classifier-free guidance)")
     args = ap.parse_args()
     start = time.perf_counter()
     pipe = load_shapes_pipeline()
@@ -24,11 +25,11 @@ def main():
     for i in range(args.repeats):
         start = time.perf_counter()
         pipe(prompt=captions, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(i),
-             output_type="np")
+             output_type="np", guidance_scale=args.guidance)
         times.append(time.perf_counter() - start)
     print(f"torch threads: {torch.get_num_threads()}")
     print(f"pipeline load: {load:.2f} s")
-    print(f"{args.steps}-step generation of {args.batch} images: median {statistics.median(times):.3f} s "
+    print(f"{args.steps}-step generation of {args.batch} images, guidance {args.guidance}: median {statistics.median(times):.3f} s "
           f"(min {min(times):.3f}, max {max(times):.3f}, {args.repeats} repeats)")
 
 
