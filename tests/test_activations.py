@@ -8,18 +8,15 @@ from diffusers import FluxTransformer2DModel
 
 import helpers
 from helpers.activations import stats_nbytes
-from helpers.shapes import ShapesPipeline, build_components
+from helpers.shapes import ShapesPipeline
 
 PROMPTS = ["a big red circle on the left on a blue background", "a small green square"]
 STEPS = 3
 
 
 @pytest.fixture(scope="module")
-def pipe() -> ShapesPipeline:
-    torch.manual_seed(0)
-    pipe = ShapesPipeline(**build_components(width=32, heads=2, double=1, single=2, text_width=32, text_layers=1))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def pipe(make_tiny_pipe) -> ShapesPipeline:
+    return make_tiny_pipe(single=2, text_width=32, text_layers=1)
 
 
 def generate(pipe, prompts=PROMPTS, **kwargs):

@@ -68,12 +68,9 @@ def test_persistence_and_frequency():
     assert freq[5] == 1 and freq[2] == pytest.approx(2 / 3) and freq[0] == 0
 
 
-def test_selection_feeds_intervene():
+def test_selection_feeds_intervene(make_tiny_pipe):
     """top_k's (blocks, k) output is what intervene takes."""
-    from helpers.shapes import ShapesPipeline, build_components
-    torch.manual_seed(0)
-    pipe = ShapesPipeline(**build_components(width=32, heads=2, double=1, single=1, text_width=32, text_layers=1))
-    pipe.set_progress_bar_config(disable=True)
+    pipe = make_tiny_pipe(text_width=32, text_layers=1)
     with helpers.record(pipe) as rec:
         pipe(prompt=["a small green square"], num_inference_steps=2, output_type="pt")
     idx = helpers.top_k(helpers.channel_statistic(rec), 3)

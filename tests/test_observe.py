@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import helpers  # noqa: E402
 from helpers import observe, plotting  # noqa: E402
-from helpers.shapes import ShapesPipeline, build_components  # noqa: E402
+from helpers.shapes import ShapesPipeline  # noqa: E402
 
 PROMPTS = ["a big red circle on the left on a blue background", "a small green square at the top on a red background",
            "a big white triangle in the center on a black background"]
@@ -23,11 +23,8 @@ STEPS = 3
 
 
 @pytest.fixture(scope="module")
-def pipe() -> ShapesPipeline:
-    torch.manual_seed(0)
-    pipe = ShapesPipeline(**build_components(width=32, heads=2, double=1, single=1, text_width=32, text_layers=1))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def pipe(make_tiny_pipe) -> ShapesPipeline:
+    return make_tiny_pipe(text_width=32, text_layers=1)
 
 
 @pytest.fixture(scope="module")
