@@ -21,7 +21,7 @@ import torch
 
 from .activations import intervene
 from .models import residual_blocks, transformer_of
-from .transport import SourceCache, cached_transport
+from .transport import SourceCache, cached_transport, plain_generation
 
 FACTORS = ("step", "prompt", "noise", "position")
 PARTS = ("step", "prompt", "noise", "position", "prompt x position", "step x position", "other interactions")
@@ -204,10 +204,8 @@ def split_transport(pipe, source: SourceCache, average: Mapping, source_noise: S
         out[..., ch] = x[..., ch] + shift[step, block].to(x.device, x.dtype)
         return out
 
-    from .transport import _as_kwargs, _images, row_noise
-    pipe_kwargs.setdefault("output_type", "np")
     with intervene(pipe, channels=table, mode="replace", values=shifted, blocks=source.blocks, steps=source.steps):
-        return _images(pipe(**_as_kwargs(targets), **row_noise(len(tgt), seed), **pipe_kwargs))
+        return plain_generation(pipe, targets, seed=seed, **pipe_kwargs)
 
 
 # ------------------------------------------------------------------------------------------------ map
