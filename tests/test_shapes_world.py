@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers.shapes.world import (ATTRIBUTES, COLOURS, HELD_OUT, PALETTE, POSITIONS, SHAPES, SIZES, WHERE, Scene,
+from helpers.shapes.world import (ATTRIBUTES, COLOURS, HELD_OUT, PALETTE, PATTERNS, POSITIONS, SHAPES, SIZES, TEXTURES,
+                                  UNNAMED, WHERE, Scene,
                                   all_scenes, evaluate, evaluate_batch, is_held_out, parse_caption, render,
                                   sample_scenes, score)
 
@@ -241,3 +242,72 @@ def test_evaluator_minus_one_to_one_range_suggests_conversion():
 def test_evaluator_integer_non_uint8(dtype):
     with pytest.raises(ValueError, match=f"got dtype {np.dtype(dtype).name}"):
         evaluate((SCENE.render() * 255).astype(dtype))
+
+
+# ------------------------------------------------------------------------------------------------ world 2
+
+@pytest.fixture(scope="module")
+def sample_v2():
+    scenes = sample_scenes(2000, seed=4321, world=2)
+    return scenes, render(scenes)
+
+
+def test_world_2_keeps_world_1_captions_and_draws_the_unnamed_content():
+    v1, v2 = sample_scenes(300, seed=11), sample_scenes(300, seed=11, world=2)
+    assert [s.caption for s in v1] == [s.caption for s in v2]
+    assert all(s.texture is None and s.pattern == "plain" for s in v1)
+    assert {s.texture for s in v2} == set(TEXTURES) and {s.pattern for s in v2} == set(PATTERNS)
+    assert len({round(s.phase, 3) for s in v2}) > 250
+    assert sample_scenes(50, seed=3, world=2) == sample_scenes(50, seed=3, world=2)
+
+
+def test_world_2_keeps_every_pixel_nearest_its_palette_colour(sample_v2):
+    scenes, images = sample_v2
+    palette = np.array(list(PALETTE.values()), np.float32) / 255
+    for s, img in zip(scenes[:400], images[:400]):
+        nearest = ((img[..., None, :] - palette) ** 2).sum(-1).argmin(-1)
+        flat = s.replace(texture=None, pattern="plain").render()
+        flat_nearest = ((flat[..., None, :] - palette) ** 2).sum(-1).argmin(-1)
+        pure = np.isclose(flat[..., None, :], palette).all(-1).any(-1)  # not an anti-aliased edge pixel
+        assert np.array_equal(nearest[pure], flat_nearest[pure]), s
+        assert not np.array_equal(img, flat)
+
+
+def test_world_2_evaluator_reads_captioned_and_unnamed_content(sample_v2):
+    scenes, images = sample_v2
+    predicted = evaluate_batch(images)
+    acc = score(predicted, scenes) | score(predicted, scenes, attributes=UNNAMED)
+    assert all(acc[a] >= 0.99 for a in ATTRIBUTES + UNNAMED), acc
+    noisy = np.clip(images + np.random.default_rng(0).normal(0, 0.03, images.shape), 0, 1).astype(np.float32)
+    acc = score(evaluate_batch(noisy), scenes, attributes=UNNAMED)
+    assert all(acc[a] >= 0.97 for a in UNNAMED), acc
+
+
+def test_world_2_evaluator_reads_the_stripes_phase(sample_v2):
+    scenes, images = sample_v2
+    for s, img in zip(scenes[:100], images[:100]):
+        gap = abs(evaluate(img)["phase"] - s.phase)
+        assert min(gap, 1 - gap) < 0.02, s
+
+
+def test_flat_images_read_as_plain_and_untextured(nominal):
+    out = [evaluate(s.render()) for s in nominal[::20]]
+    assert all(o["texture"] is None and o["pattern"] == "plain" for o in out)
+
+
+def test_unknown_unnamed_content_and_world_are_refused():
+    with pytest.raises(ValueError, match="unknown texture 'zigzag'"):
+        SCENE.replace(texture="zigzag")
+    with pytest.raises(ValueError, match="unknown pattern 'spots'"):
+        SCENE.replace(pattern="spots")
+    with pytest.raises(ValueError, match="world must be 1 or 2"):
+        sample_scenes(3, seed=0, world=3)
+    with pytest.raises(ValueError, match="unknown attribute"):
+        score([], [], attributes=("mood",))
+
+
+def test_exclude_that_rules_out_everything_is_refused_instead_of_looping():
+    with pytest.raises(ValueError, match="rules out every scene"):
+        sample_scenes(1, 0, exclude=[{}])
+    with pytest.raises(ValueError, match="non-negative integer"):
+        sample_scenes(2.5, 0)

@@ -39,6 +39,8 @@ def parse_args(argv=None):
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--caption-dropout", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--world", type=int, default=1, choices=(1, 2),
+                   help="shapes world version: 2 adds background stripes and object patterns no caption names")
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--double", type=int, default=3)
@@ -50,21 +52,22 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def massive_ratios(pipe: ShapesPipeline, captions: list[str], t: float = 0.5, seed: int = 0) -> list[dict]:
-    """Per block at time t: the top channel of |mean over image tokens| and its ratio to the median channel."""
+def massive_ratios(pipe: ShapesPipeline, scenes: list, t: float = 0.5, seed: int = 0) -> list[dict]:
+    """Per block at time t: the top channel of |mean over image tokens| and its ratio to the median channel,
+    on the scenes' renders noised to time t under their own captions."""
     device = pipe.transformer.device
     outputs = []
     blocks = list(pipe.transformer.transformer_blocks) + list(pipe.transformer.single_transformer_blocks)
     hooks = [b.register_forward_hook(lambda m, i, o: outputs.append(o[1].detach())) for b in blocks]
     try:
         g = torch.Generator().manual_seed(seed)
-        x0 = pack(torch.from_numpy(render(sample_scenes(len(captions), seed))).permute(0, 3, 1, 2) * 2 - 1)
+        x0 = pack(torch.from_numpy(render(scenes)).permute(0, 3, 1, 2) * 2 - 1)
         noise = torch.randn(x0.shape, generator=g)
         xt = ((1 - t) * x0 + t * noise).to(device)
         with torch.no_grad():
-            emb, pooled = pipe.encode_prompt(captions, device)
+            emb, pooled = pipe.encode_prompt([s.caption for s in scenes], device)
             pipe.transformer(hidden_states=xt, encoder_hidden_states=emb, pooled_projections=pooled,
-                             timestep=torch.full((len(captions),), t, device=device), img_ids=image_ids().to(device),
+                             timestep=torch.full((len(scenes),), t, device=device), img_ids=image_ids().to(device),
                              txt_ids=torch.zeros(MAX_TOKENS, 3, device=device))
     finally:
         for h in hooks:
@@ -117,14 +120,15 @@ def main(argv=None):
         {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()} | {
             "held_out": list(HELD_OUT), "params_transformer": sum(p.numel() for p in pipe.transformer.parameters()),
             "params_text_encoder": sum(p.numel() for p in pipe.text_encoder.parameters())}, indent=1))
-    eval_captions = [s.caption for s in sample_scenes(32, EVAL_CAPTIONS_SEED, exclude=HELD_OUT)]
+    eval_scenes = sample_scenes(32, EVAL_CAPTIONS_SEED, exclude=HELD_OUT, world=args.world)
     log = open(args.out / "train_log.jsonl", "a")
     img_ids = image_ids().to(args.device)
     txt_ids = torch.zeros(MAX_TOKENS, 3, device=args.device)
     losses, t0 = [], time.time()
     bar = tqdm(total=args.steps, initial=step, desc="training")
     while step < args.steps:
-        scenes = sample_scenes(args.batch_size, seed=args.seed * 1_000_003 + step, exclude=HELD_OUT)
+        scenes = sample_scenes(args.batch_size, seed=args.seed * 1_000_003 + step, exclude=HELD_OUT,
+                               world=args.world)
         g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         captions = [s.caption if torch.rand((), generator=g) >= args.caption_dropout else "" for s in scenes]
         x0 = pack(torch.from_numpy(render(scenes)).permute(0, 3, 1, 2) * 2 - 1)
@@ -155,7 +159,7 @@ def main(argv=None):
                      "seconds": time.time() - t0}
             losses = []
             if step % args.save_every == 0 or step == args.steps:
-                entry["massive"] = massive_ratios(ema_pipe, eval_captions)
+                entry["massive"] = massive_ratios(ema_pipe, eval_scenes)
             log.write(json.dumps(entry) + "\n")
             log.flush()
         if step % args.save_every == 0 or step == args.steps:
