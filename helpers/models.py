@@ -1,81 +1,131 @@
-"""Which models the book runs on, and where their residual stream and image tokens are.
+"""Which models the book runs on: one table of pipelines and their settings, and where each transformer keeps its
+residual stream and its image tokens.
 
-``ARCHITECTURES`` says, per diffusers transformer class, which block lists form the residual stream (in the order
-the forward pass runs them) and where the image tokens sit in each block's output. Adding a model is one entry.
-``load_pipeline(name)`` loads a pipeline by a friendly name; ``residual_blocks(pipe)`` lists the hookable blocks.
+``MODELS[name]`` is everything a chapter needs to know about a model: the hub checkpoint and pipeline class, how
+classifier-free guidance lays out the rows of a denoising step (and what turns it on), the sampling settings every
+chapter uses, and the memory the weights take. ``ARCHITECTURES[class name]`` says which block lists form the
+residual stream and where the image tokens sit in each block's output. Adding a model is one entry in each.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import diffusers
 import torch
+
+from .shapes import load_shapes_pipeline
 
 #: Image tokens are ``output[1]`` of a block returning ``(text_tokens, image_tokens)`` (double-stream, MMDiT).
 SEPARATE = "separate"
-#: Image tokens are ``output[:, n_text:]`` of a block returning one ``[text; image]`` sequence (single-stream);
-#: ``n_text`` is the length of the ``encoder_hidden_states`` the transformer was called with.
+#: Image tokens are ``output[:, n_text:]`` of a block returning one ``[text; image]`` sequence (single-stream).
 CONCATENATED = "concatenated"
 #: The block's output is the image tokens alone (cross-attention DiTs: text enters through cross-attention).
 IMAGE_ONLY = "image_only"
-TOKEN_RULES = (SEPARATE, CONCATENATED, IMAGE_ONLY)
+
+#: How the generated image's tokens are told from reference-image tokens that edit pipelines append after them
+#: (FLUX.1 Kontext, FLUX.2, Qwen-Image-Edit): by the first position id (0 = generated), by ``img_shapes[0]``, or
+#: every image token is generated.
+FIRST_ID_ZERO, IMG_SHAPES, ALL_TOKENS = "first id zero", "img_shapes", "all"
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """The residual stream of one transformer class: ``blocks`` is ``((attribute, token_rule), ...)`` in forward
-    order, e.g. ``(("transformer_blocks", SEPARATE), ("single_transformer_blocks", SEPARATE))``."""
+    """The residual stream of one transformer class: ``blocks`` is ``((attribute, token_rule, label), ...)`` in
+    forward order; ``label`` names the blocks in text and figures ("double 0", "single 2", "block 5")."""
 
-    blocks: tuple[tuple[str, str], ...]
-    models: tuple[str, ...] = ()  # friendly names in MODELS that use this class
+    blocks: tuple[tuple[str, str, str], ...]
+    generated: str = ALL_TOKENS
 
 
 ARCHITECTURES: dict[str, Architecture] = {
     # Flux single blocks take text and image apart and return them apart, so both lists are SEPARATE.
     "FluxTransformer2DModel": Architecture(
-        (("transformer_blocks", SEPARATE), ("single_transformer_blocks", SEPARATE)),
-        ("flux.1-dev", "flux.1-schnell", "shapes")),
+        (("transformer_blocks", SEPARATE, "double"), ("single_transformer_blocks", SEPARATE, "single")),
+        FIRST_ID_ZERO),
     # Flux2 single blocks run on the concatenated [text; image] sequence and return it whole.
     "Flux2Transformer2DModel": Architecture(
-        (("transformer_blocks", SEPARATE), ("single_transformer_blocks", CONCATENATED)), ("flux.2-klein",)),
-    "QwenImageTransformer2DModel": Architecture((("transformer_blocks", SEPARATE),), ("qwen-image",)),
+        (("transformer_blocks", SEPARATE, "double"), ("single_transformer_blocks", CONCATENATED, "single")),
+        FIRST_ID_ZERO),
+    "QwenImageTransformer2DModel": Architecture((("transformer_blocks", SEPARATE, "double"),), IMG_SHAPES),
     # The last SD3 block is context_pre_only: it returns (None, image_tokens).
-    "SD3Transformer2DModel": Architecture((("transformer_blocks", SEPARATE),), ("sd3.5-medium",)),
-    "SanaTransformer2DModel": Architecture((("transformer_blocks", IMAGE_ONLY),), ("sana-1.5",)),
-    "PixArtTransformer2DModel": Architecture((("transformer_blocks", IMAGE_ONLY),), ("pixart-sigma",)),
+    "SD3Transformer2DModel": Architecture((("transformer_blocks", SEPARATE, "double"),)),
+    "SanaTransformer2DModel": Architecture((("transformer_blocks", IMAGE_ONLY, "block"),)),
+    "PixArtTransformer2DModel": Architecture((("transformer_blocks", IMAGE_ONLY, "block"),)),
 }
 
-
-class HubModel(NamedTuple):
-    hub_id: str
-    pipeline: str  # diffusers pipeline class name
-    gated: bool  # the licence must be accepted on the Hugging Face hub (and a token given) before downloading
-    guidance: str  # where classifier-free guidance puts the rows of a denoising step (see activations.record)
+#: Row layouts of one denoising step. ``NONE``: rows = images (no guidance, or guidance distilled into the model);
+#: ``BATCHED``: one call on ``[uncond; cond]``; ``TWO_CALLS``: a call on the cond rows, then one on the uncond rows.
+NONE, BATCHED, TWO_CALLS = "none", "batched", "two calls"
 
 
-#: Friendly name -> hub checkpoint. ``guidance`` tells how the rows of one denoising step are laid out.
-MODELS: dict[str, HubModel] = {
-    "flux.1-schnell": HubModel("black-forest-labs/FLUX.1-schnell", "FluxPipeline", False,
-                               "distilled: one call per step, rows = prompts"),
-    "flux.1-dev": HubModel("black-forest-labs/FLUX.1-dev", "FluxPipeline", True,
-                           "guidance-distilled: one call per step (true_cfg_scale > 1 adds an uncond call: "
-                           "rows = [cond, uncond])"),
-    "flux.2-klein": HubModel("black-forest-labs/FLUX.2-klein-4B", "Flux2KleinPipeline", False,
-                             "distilled: one call per step (base models with CFG: two calls, rows = [cond, uncond])"),
-    "qwen-image": HubModel("Qwen/Qwen-Image", "QwenImagePipeline", False,
-                           "true CFG: two calls per step, rows = [cond, uncond]"),
-    "sana-1.5": HubModel("Efficient-Large-Model/SANA1.5_1.6B_1024px_diffusers", "SanaPipeline", False,
-                         "batched CFG: one call per step, rows = [uncond, cond]"),
-    "sd3.5-medium": HubModel("stabilityai/stable-diffusion-3.5-medium", "StableDiffusion3Pipeline", True,
-                             "batched CFG: one call per step, rows = [uncond, cond]"),
-    "pixart-sigma": HubModel("PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", "PixArtSigmaPipeline", False,
-                             "batched CFG: one call per step, rows = [uncond, cond]"),
+@dataclass(frozen=True)
+class Model:
+    """One entry of ``MODELS``. ``guidance``: the row layout when guidance is on; ``guidance_on``: the pipeline
+    arguments that turn it on; ``settings``: what every chapter passes to the pipeline; ``weights_gib`` /
+    ``largest_gib``: bfloat16 weights of all components / of the largest one (from ``tools/memory.py``)."""
+
+    hub_id: str | None
+    pipeline: str
+    gated: bool
+    guidance: str
+    guidance_on: tuple[str, ...]
+    settings: dict = field(default_factory=dict)
+    weights_gib: float = 0.0
+    largest_gib: float = 0.0
+    quantize: tuple[str, ...] = ()  # components loaded in 4-bit NF4 (diffusers + bitsandbytes)
+    notes: str = ""
+
+    def guided(self, kwargs: dict) -> bool:
+        """Whether a call with these pipeline arguments (on top of ``settings``) runs guidance."""
+        args = {**self.settings, **kwargs}
+        if self.guidance == NONE:
+            return False
+        scale = next((args[k] for k in ("true_cfg_scale", "guidance_scale") if k in self.guidance_on and k in args),
+                     None)
+        needs_negative = "negative_prompt" in self.guidance_on
+        on = scale is not None and (scale != 1 if self.hub_id is None else scale > 1)  # the book model: 0 too
+        return on and (not needs_negative or args.get("negative_prompt") is not None)
+
+
+_FLUX_SMALL = dict(height=512, width=512, max_sequence_length=256)
+MODELS: dict[str, Model] = {
+    "shapes": Model(None, "ShapesPipeline", False, BATCHED, ("guidance_scale",),
+                    dict(num_inference_steps=20), 0.01, 0.01,
+                    notes="the bundled book model: CPU, offline"),
+    "sana-1.5": Model("Efficient-Large-Model/SANA1.5_1.6B_1024px_diffusers", "SanaPipeline", False, BATCHED,
+                      ("guidance_scale",), dict(num_inference_steps=20, guidance_scale=4.5, height=1024, width=1024),
+                      8.4, 5.0, notes="fits a free Colab T4 (15 GiB) on the GPU"),
+    "flux.1-schnell-4bit": Model("black-forest-labs/FLUX.1-schnell", "FluxPipeline", False, NONE, (),
+                                 dict(num_inference_steps=4, guidance_scale=0.0, **_FLUX_SMALL), 12.1, 6.4,
+                                 quantize=("transformer", "text_encoder_2"),
+                                 notes="FLUX.1-schnell with the transformer and T5 in 4-bit: fits a T4"),
+    "flux.1-schnell": Model("black-forest-labs/FLUX.1-schnell", "FluxPipeline", False, NONE, (),
+                            dict(num_inference_steps=4, guidance_scale=0.0, **_FLUX_SMALL), 31.4, 22.2),
+    "flux.1-dev": Model("black-forest-labs/FLUX.1-dev", "FluxPipeline", True, TWO_CALLS,
+                        ("true_cfg_scale", "negative_prompt"),
+                        dict(num_inference_steps=28, guidance_scale=3.5, **_FLUX_SMALL), 31.4, 22.2,
+                        notes="guidance-distilled; true CFG only with true_cfg_scale > 1 and a negative_prompt"),
+    "flux.2-klein": Model("black-forest-labs/FLUX.2-klein-4B", "Flux2KleinPipeline", False, NONE, (),
+                          dict(num_inference_steps=4, height=512, width=512), 14.9, 7.5),
+    "qwen-image": Model("Qwen/Qwen-Image", "QwenImagePipeline", False, TWO_CALLS,
+                        ("true_cfg_scale", "negative_prompt"),
+                        dict(num_inference_steps=30, true_cfg_scale=4.0, negative_prompt=" ", height=512, width=512),
+                        53.7, 38.1, notes="true CFG only with a negative_prompt: the settings pass one"),
+    "sd3.5-medium": Model("stabilityai/stable-diffusion-3.5-medium", "StableDiffusion3Pipeline", True, BATCHED,
+                          ("guidance_scale",), dict(num_inference_steps=28, guidance_scale=4.5, height=512, width=512),
+                          15.2, 8.9, notes="skip-layer guidance adds a call on the cond rows in some steps"),
+    "pixart-sigma": Model("PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", "PixArtSigmaPipeline", False, BATCHED,
+                          ("guidance_scale",),
+                          dict(num_inference_steps=20, guidance_scale=4.5, height=1024, width=1024), 10.2, 8.9,
+                          notes="ignores callback_on_step_end"),
 }
-SHAPES_GUIDANCE = "guidance_scale > 1: batched CFG, rows = [uncond, cond]; else rows = prompts"
 
 
 class Block(NamedTuple):
     name: str  # e.g. "single_transformer_blocks.3"
+    label: str  # e.g. "single 3": the one way the book names a block
     module: torch.nn.Module
     token_rule: str  # SEPARATE, CONCATENATED or IMAGE_ONLY
 
@@ -87,8 +137,7 @@ def transformer_of(pipe_or_transformer) -> torch.nn.Module:
 
 def architecture(pipe_or_transformer) -> Architecture:
     """The table entry for this pipeline's transformer; a clear error for classes not in the table."""
-    transformer = transformer_of(pipe_or_transformer)
-    name = type(transformer).__name__
+    name = type(transformer_of(pipe_or_transformer)).__name__
     if name not in ARCHITECTURES:
         raise ValueError(f"unsupported transformer class {name!r}; supported: {sorted(ARCHITECTURES)}. "
                          "Add an entry to helpers.models.ARCHITECTURES to support it.")
@@ -96,11 +145,16 @@ def architecture(pipe_or_transformer) -> Architecture:
 
 
 def residual_blocks(pipe_or_transformer) -> list[Block]:
-    """The blocks that form the residual stream, in forward order, each with its image-token rule."""
+    """The blocks that form the residual stream, in forward order, each with its label and image-token rule."""
     transformer = transformer_of(pipe_or_transformer)
-    return [Block(f"{attr}.{i}", module, rule)
-            for attr, rule in architecture(transformer).blocks
+    return [Block(f"{attr}.{i}", f"{label} {i}", module, rule)
+            for attr, rule, label in architecture(transformer).blocks
             for i, module in enumerate(getattr(transformer, attr))]
+
+
+def block_labels(pipe_or_transformer) -> list[str]:
+    """The blocks' names as the book writes them: "double 0", ..., "single 2" (or "block 5")."""
+    return [b.label for b in residual_blocks(pipe_or_transformer)]
 
 
 def hidden_width(pipe_or_transformer) -> int:
@@ -109,39 +163,99 @@ def hidden_width(pipe_or_transformer) -> int:
     return config.num_attention_heads * config.attention_head_dim
 
 
-def load_pipeline(name: str, dtype: torch.dtype | None = None, device: str | torch.device | None = None,
-                  cpu_offload: bool = False, **from_pretrained_kwargs):
-    """Load a pipeline by friendly name: "shapes" (the bundled book model, on CPU unless ``device`` says otherwise)
-    or one of ``MODELS`` from the Hugging Face hub.
+def model_of(pipe) -> Model | None:
+    """The MODELS entry of a loaded pipeline (by its class; None for pipelines not in the table)."""
+    name = type(pipe).__name__
+    return next((m for m in MODELS.values() if m.pipeline == name), None)
 
-    ``dtype`` defaults to bfloat16 for hub models; ``device`` to CUDA when available; ``cpu_offload=True`` keeps
-    only the running component on the GPU (``enable_model_cpu_offload``), for GPUs with little memory.
+
+def conditional_rows(layout: str, rows_by_call: list[int], n_images: int) -> list[int]:
+    """Indices of the conditional rows among a step's rows, from the layout and the rows of each call."""
+    total = sum(rows_by_call)
+    if total == n_images:
+        return list(range(n_images))
+    if layout == BATCHED and rows_by_call[0] == 2 * n_images:
+        return list(range(n_images, 2 * n_images))
+    if layout == TWO_CALLS and rows_by_call[:2] == [n_images, n_images]:
+        return list(range(n_images))
+    raise ValueError(f"cannot find the conditional rows of {n_images} images in a step whose calls have "
+                     f"{rows_by_call} rows with guidance layout {layout!r}")
+
+
+def sampling_settings(name: str, **overrides) -> dict:
+    """The pipeline arguments every chapter uses for ``name`` (MODELS[name].settings), with ``overrides``."""
+    return {**_entry(name).settings, **overrides}
+
+
+def _entry(name: str) -> Model:
+    if name not in MODELS:
+        raise ValueError(f"unknown model name {name!r}; known: {list(MODELS)}")
+    return MODELS[name]
+
+
+def _memory() -> tuple[float, float]:
+    """(GPU GiB, host RAM GiB) available here (0 GPU without CUDA)."""
+    gpu = torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else 0.0
+    return gpu, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
+MARGIN_GIB = 3.0  # activations, the VAE decode and the CUDA context on top of the weights (tools/memory.py)
+
+
+def memory_plan(name: str, gpu_gib: float, ram_gib: float) -> str:
+    """How ``name`` fits a machine: "gpu" (everything on the GPU), "offload" (``enable_model_cpu_offload``), or
+    a ValueError that says what is missing and which model or option to use instead."""
+    m = _entry(name)
+    if m.hub_id is None:
+        return "gpu" if gpu_gib else "cpu"
+    load_ram = m.largest_gib if m.quantize else m.weights_gib  # offloaded weights all live in RAM
+    if gpu_gib >= m.weights_gib + MARGIN_GIB and ram_gib >= m.largest_gib:
+        return "gpu"
+    if gpu_gib >= m.largest_gib + MARGIN_GIB and ram_gib >= load_ram + 1:
+        return "offload"
+    fits = [n for n, o in MODELS.items() if o.hub_id and gpu_gib >= min(o.weights_gib, o.largest_gib) + MARGIN_GIB
+            and ram_gib >= (o.largest_gib if o.quantize else o.weights_gib) + 1]
+    raise ValueError(
+        f"{name} needs about {m.weights_gib + MARGIN_GIB:.0f} GiB of GPU memory ({m.largest_gib + MARGIN_GIB:.0f} "
+        f"with model offload, then {m.weights_gib:.0f} GiB of RAM); this machine has {gpu_gib:.1f} GiB of GPU memory "
+        f"and {ram_gib:.1f} GiB of RAM. Models that fit here: {fits or 'none (use a GPU runtime)'}. "
+        "Pass check_memory=False to try anyway.")
+
+
+def load_pipeline(name: str, dtype: torch.dtype | None = None, device: str | torch.device | None = None,
+                  cpu_offload: bool | None = None, check_memory: bool = True, **from_pretrained_kwargs):
+    """Load a pipeline by friendly name: "shapes" (the bundled book model, on CPU) or one of ``MODELS``.
+
+    For hub models, GPU memory and RAM are checked against the model's need *before* anything is downloaded;
+    ``cpu_offload=None`` picks model offload when the weights do not fit the GPU whole. ``dtype`` defaults to
+    bfloat16; 4-bit entries (``MODELS[name].quantize``) use diffusers' bitsandbytes quantization.
     """
-    if name == "shapes":
-        from .shapes import load_shapes_pipeline
+    m = _entry(name)
+    if m.hub_id is None:
         pipe = load_shapes_pipeline()
         return pipe.to(device=device or "cpu", dtype=dtype) if (device or dtype) else pipe
-    if name not in MODELS:
-        raise ValueError(f"unknown model name {name!r}; known: {['shapes', *MODELS]}")
-    import diffusers
-    from diffusers.pipelines import pipeline_utils
-
-    entry = MODELS[name]
-    dtype_key = "dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype"  # newer diffusers: dtype=
+    if check_memory:
+        plan = memory_plan(name, *_memory())
+        cpu_offload = (plan == "offload") if cpu_offload is None else cpu_offload
+    dtype_key = "dtype" if hasattr(diffusers.pipelines.pipeline_utils, "_resolve_dtype") else "torch_dtype"
+    kwargs = {dtype_key: dtype or torch.bfloat16, **from_pretrained_kwargs}
+    if m.quantize:
+        kwargs["quantization_config"] = diffusers.PipelineQuantizationConfig(
+            quant_backend="bitsandbytes_4bit", components_to_quantize=list(m.quantize),
+            quant_kwargs=dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16))
     try:
-        pipe = getattr(diffusers, entry.pipeline).from_pretrained(
-            entry.hub_id, **{dtype_key: dtype or torch.bfloat16}, **from_pretrained_kwargs)
-    except Exception as err:  # no network, not in the cache, licence not accepted, no token, ...
-        gated = [n for n, m in MODELS.items() if m.gated]
-        licence = (f"{name} is gated: accept its licence at https://huggingface.co/{entry.hub_id} and log in "
-                   "(`hf auth login`) first. " if entry.gated else "")
-        raise RuntimeError(
-            f"could not load {name!r} ({entry.hub_id}) with diffusers.{entry.pipeline}: {type(err).__name__}: "
-            f"{err}\n{licence}Real models need network access to the Hugging Face hub (or a local cache); models "
-            f"whose licence must be accepted on the hub first: {gated}. The bundled model loads offline: "
-            "load_pipeline('shapes').") from err
+        pipe = getattr(diffusers, m.pipeline).from_pretrained(m.hub_id, **kwargs)
+    except Exception as err:  # no network, not in the cache, licence not accepted, no token, no bitsandbytes ...
+        licence = (f"{name} is gated: accept its licence at https://huggingface.co/{m.hub_id} and log in "
+                   "(`hf auth login`) first. " if m.gated else "")
+        quant = "4-bit loading needs `pip install bitsandbytes` and a CUDA GPU. " if m.quantize else ""
+        raise RuntimeError(f"could not load {name!r} ({m.hub_id}) with diffusers.{m.pipeline}: "
+                           f"{type(err).__name__}: {err}\n{licence}{quant}Real models need the Hugging Face hub "
+                           "(or a local cache); the bundled model loads offline: load_pipeline('shapes').") from err
     if cpu_offload:
         pipe.enable_model_cpu_offload()
-    else:
+    elif not m.quantize:
         pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    pipe.set_progress_bar_config(disable=True)
     return pipe
+

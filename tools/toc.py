@@ -24,3 +24,14 @@ def toc_files(toc_path: Path = ROOT / "_toc.yml") -> list[str]:
 
     walk(toc)
     return [str(Path(f).with_suffix("")) if f.endswith((".md", ".ipynb")) else f for f in files]
+
+
+def chapter_paths(toc_path: Path = ROOT / "_toc.yml") -> list[str]:
+    """The pages of _toc.yml as repository paths with their extension (.ipynb or .md), in reading order."""
+    out = []
+    for f in toc_files(toc_path):
+        for ext in (".ipynb", ".md"):
+            if (ROOT / (f + ext)).exists():
+                out.append(f + ext)
+                break
+    return out

@@ -2,6 +2,8 @@
 Flux-architecture text-to-image pipeline trained on them."""
 from pathlib import Path
 
+import torch
+
 from .pipeline import ShapesPipeline, build_components, build_tokenizer, pack, unpack
 from .quality import QUALITY_SEED, generate, measure_quality
 from .world import (ATTRIBUTES, CANVAS, COLOURS, HELD_OUT, PALETTE, POSITIONS, SHAPES, SIZES, VOCABULARY, WHERE,
@@ -16,7 +18,7 @@ def load_shapes_pipeline(path=MODEL_DIR) -> ShapesPipeline:
     """The trained book model on CPU, from the package's own files (no network)."""
     if not (Path(path) / "model_index.json").exists():
         raise FileNotFoundError(f"no trained shapes pipeline at {path}; train one with "
-                                "`python -m helpers.shapes.train --out DIR`")
-    pipe = ShapesPipeline.from_pretrained(path, local_files_only=True)
+                                "`python tools/train_shapes.py --out DIR`")
+    pipe = ShapesPipeline.from_pretrained(path, local_files_only=True).to(torch.float32)  # weights may be fp16
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -87,10 +87,15 @@ class ShapesPipeline(DiffusionPipeline):
     _callback_tensor_inputs = ["latents", "prompt_embeds"]
 
     def __init__(self, transformer: FluxTransformer2DModel, scheduler: FlowMatchEulerDiscreteScheduler,
-                 text_encoder: CLIPTextModel, tokenizer: PreTrainedTokenizerFast):
+                 text_encoder: CLIPTextModel, tokenizer: PreTrainedTokenizerFast, world: int = 1):
         super().__init__()
         self.register_modules(transformer=transformer, scheduler=scheduler, text_encoder=text_encoder,
                               tokenizer=tokenizer)
+        self.register_to_config(world=world)  # the shapes world it was trained on (1: flat, 2: unnamed content)
+
+    @property
+    def world(self) -> int:
+        return int(self.config.get("world", 1))
 
     def check_prompt(self, prompt: list[str]) -> None:
         """Every word must be in the caption vocabulary; the error names the unknown words and the known ones."""
@@ -107,6 +112,8 @@ class ShapesPipeline(DiffusionPipeline):
     def encode_prompt(self, prompt: str | list[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts -> (per-token embeddings (B, 16, D), pooled embedding (B, D))."""
         prompt = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompt:
+            raise ValueError("the prompt list is empty: give at least one prompt")
         self.check_prompt(prompt)
         device = device or self._execution_device
         ids = self.tokenizer([p.lower() for p in prompt], padding="max_length", max_length=MAX_TOKENS,
@@ -134,8 +141,8 @@ class ShapesPipeline(DiffusionPipeline):
         """Generate images. ``output_type``: "pil" (list of PIL), "np" ((B, 32, 32, 3) floats in [0, 1]),
         "pt" ((B, 3, 32, 32) in [0, 1]) or "latent" (packed tokens in [-1, 1]).
 
-        ``guidance_scale`` > 1 turns on classifier-free guidance against the empty caption (the model was trained
-        with caption dropout); 1 is a plain conditional sample.
+        ``guidance_scale`` other than 1 turns on classifier-free guidance against the empty caption (the model
+        was trained with caption dropout): 1 is a plain conditional sample, 0 an unconditional one.
         """
         if (height, width) != (CANVAS, CANVAS):
             raise ValueError(f"the shapes model draws {CANVAS}x{CANVAS} images; got height={height}, width={width}")
@@ -146,7 +153,12 @@ class ShapesPipeline(DiffusionPipeline):
         bad = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
         if bad:
             raise ValueError(f"callback tensor inputs {sorted(bad)} not in {self._callback_tensor_inputs}")
+        if not isinstance(guidance_scale, (int, float)) or isinstance(guidance_scale, bool) or not (
+                np.isfinite(guidance_scale) and guidance_scale >= 0):
+            raise ValueError(f"guidance_scale must be a finite number >= 0 (1: no guidance), got {guidance_scale!r}")
         device = self._execution_device
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError("pass either prompt or prompt_embeds (with pooled_prompt_embeds), not both")
         if prompt_embeds is None:
             if prompt is None:
                 raise ValueError("pass a prompt (or prompt_embeds and pooled_prompt_embeds)")
@@ -154,9 +166,11 @@ class ShapesPipeline(DiffusionPipeline):
         elif pooled_prompt_embeds is None:
             raise ValueError("prompt_embeds needs pooled_prompt_embeds as well")
         batch = prompt_embeds.shape[0]
+        if isinstance(generator, list) and len(generator) != batch:
+            raise ValueError(f"{len(generator)} generators for {batch} prompts: give one per prompt (or one for all)")
         dtype = self.transformer.dtype
         prompt_embeds, pooled_prompt_embeds = prompt_embeds.to(device, dtype), pooled_prompt_embeds.to(device, dtype)
-        do_cfg = guidance_scale > 1.0
+        do_cfg = guidance_scale != 1.0
         if do_cfg:
             neg, neg_pooled = self.encode_prompt([""] * batch, device)
             prompt_embeds = torch.cat([neg.to(dtype), prompt_embeds])
@@ -168,6 +182,8 @@ class ShapesPipeline(DiffusionPipeline):
             latents = pack(noise).to(device, dtype)
         elif latents.shape != (batch, (height // PATCH) * (width // PATCH), 3 * PATCH * PATCH):
             raise ValueError(f"latents must have shape {(batch, 64, 48)}, got {tuple(latents.shape)}")
+        elif not torch.isfinite(latents).all():
+            raise ValueError("latents contain NaN or infinite values")
         img_ids = image_ids(height, width).to(device, dtype)
         txt_ids = torch.zeros(prompt_embeds.shape[1], 3, device=device, dtype=dtype)
 

@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
-
+from ..seeding import generators
 from .world import HELD_OUT, Scene, all_scenes, evaluate_batch, is_held_out, parse_caption, sample_scenes, score
 
 #: Seed of the 512 captions the quality figure is measured on; no test or chapter samples with it otherwise.
@@ -12,12 +11,11 @@ QUALITY_SEED = 512_512
 
 def generate(pipe, captions: list[str], seed: int = 0, num_inference_steps: int = 20, batch_size: int = 64,
              **kwargs) -> np.ndarray:
-    """Images (N, 32, 32, 3) in [0, 1] for many captions, in batches; batch i uses the generator seed + i."""
-    out = []
-    for i in range(0, len(captions), batch_size):
-        g = torch.Generator().manual_seed(seed + i // batch_size)
-        out.append(pipe(prompt=captions[i:i + batch_size], num_inference_steps=num_inference_steps, generator=g,
-                        output_type="np", **kwargs).images)
+    """Images (N, 32, 32, 3) in [0, 1] for many captions, in batches; row i starts from ``manual_seed(seed + i)``
+    (the book's seeding rule, ``helpers.seeding``), whatever the batch size."""
+    out = [pipe(prompt=captions[i:i + batch_size], num_inference_steps=num_inference_steps, output_type="np",
+                generator=generators(len(captions[i:i + batch_size]), seed + i), **kwargs).images
+           for i in range(0, len(captions), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, 32, 32, 3), np.float32)
 
 

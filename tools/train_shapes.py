@@ -1,4 +1,4 @@
-"""Train the book model from a seed: ``python -m helpers.shapes.train --out DIR``.
+"""Train the book model from a seed: ``python tools/train_shapes.py --out DIR``.
 
 Rectified flow in pixel space: x_t = (1 - t) x_0 + t * noise, and the transformer predicts noise - x_0.
 Captions are dropped 5% of the time so classifier-free guidance is available. The saved pipeline holds the
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .pipeline import MAX_TOKENS, ShapesPipeline, build_components, image_ids, pack
-from .world import HELD_OUT, render, sample_scenes
+from helpers.shapes.pipeline import MAX_TOKENS, ShapesPipeline, build_components, image_ids, pack
+from helpers.shapes.world import HELD_OUT, render, sample_scenes
 
 EVAL_CAPTIONS_SEED = 1234
 
@@ -96,7 +96,7 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     comps = build_components(args.width, args.heads, args.double, args.single)
-    pipe = ShapesPipeline(**comps).to(args.device)
+    pipe = ShapesPipeline(**comps, world=args.world).to(args.device)
     trainable = [pipe.transformer, pipe.text_encoder]
     params = [p for m in trainable for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
@@ -105,7 +105,7 @@ def main(argv=None):
     for m in ema:
         m.requires_grad_(False)
     ema_pipe = ShapesPipeline(transformer=ema[0], text_encoder=ema[1], tokenizer=pipe.tokenizer,
-                              scheduler=pipe.scheduler)
+                              scheduler=pipe.scheduler, world=args.world)
     step = 0
     ckpt = args.out / "checkpoint.pt"
     if ckpt.exists():

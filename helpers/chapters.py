@@ -1,0 +1,96 @@
+"""The functions the chapters teach, exported from their ``#@save`` cells by ``tools/export.py``.
+
+GENERATED: do not edit. Change the chapter's cell and run ``python tools/export.py``; tests/test_export.py fails when
+this file is stale.
+"""
+from __future__ import annotations
+import numpy as np
+from sklearn.cluster import KMeans
+import torch
+
+
+# ---------------------------------------- 01_observing
+
+def channel_statistic(mean, steps=None, rows=None):
+    """The paper's statistic s_d = |mean over image tokens of X[:, d]|, averaged over the chosen steps and rows:
+    (steps, blocks, rows, channels) means, e.g. ``Recording.mean`` -> (blocks, channels)."""
+    mean = mean if steps is None else mean[steps]
+    mean = mean if rows is None else mean[:, :, rows]
+    return mean.abs().nanmean(dim=(0, 2))
+
+
+def top_k(stat, k):
+    """The k channels with the largest statistic in each block: (blocks, channels) -> (blocks, k)."""
+    if not 1 <= k <= stat.shape[-1]:
+        raise ValueError(f"k must be between 1 and the number of channels ({stat.shape[-1]}), got {k}")
+    return stat.topk(k, dim=-1).indices
+
+
+def top_to_median(stat, ranks=3):
+    """How many times the median channel the 1st, 2nd, ... largest channels are: (blocks, channels) -> (blocks,
+    ranks). Sun et al. (2024) call an activation massive at about 1000x the median."""
+    return stat.topk(ranks, dim=-1).values / stat.median(dim=-1, keepdim=True).values
+
+
+# ---------------------------------------- 02_disruption
+
+def bottom_k(stat, k):
+    """The k channels with the smallest statistic in each block (the paper's control): (blocks, k)."""
+    return top_k(-stat, k)
+
+
+def random_k(stat, k, seed=0, exclude=None):
+    """k channels per block drawn uniformly among those not in ``exclude`` (blocks, m): (blocks, k)."""
+    scores = torch.rand(stat.shape, generator=torch.Generator().manual_seed(seed))
+    if exclude is not None:
+        scores = scores.scatter(-1, exclude, -1.0)  # never drawn
+    return top_k(scores, k)
+
+
+def zero_channels(channels):
+    """An edit for ``helpers.intervene``: set ``channels[block]`` of every image token to zero."""
+    def edit(x, site):
+        return x.index_fill(-1, channels[site.block].to(x.device), 0.0)
+    return edit
+
+
+# ---------------------------------------- 03_clustering
+
+def foreground_mask(tokens, channels=None):
+    """K = 2 k-means of one image's tokens (tokens, width) on ``channels`` (None: all); the foreground is the
+    cluster with fewer tokens on the border of the square token grid (ties: the smaller cluster). -> bool (tokens,)"""
+    x = np.asarray(tokens if channels is None else tokens[:, channels], dtype=np.float64)
+    labels = KMeans(n_clusters=2, n_init=4, random_state=0).fit_predict(x)
+    side = int(round(len(x) ** 0.5))
+    border = np.ones((side, side), bool)
+    border[1:-1, 1:-1] = False
+    on_border = [np.sum(border.ravel() & (labels == c)) for c in (0, 1)]
+    size = [np.sum(labels == c) for c in (0, 1)]
+    foreground = min((0, 1), key=lambda c: (on_border[c], size[c]))
+    return torch.from_numpy(labels == foreground)
+
+
+# ---------------------------------------- 04_prompt_transport
+
+def blend(target, source, mask, alpha=1.0):
+    """X_t (1 - M) + X_s M for a bool M, with strength alpha: exactly the source's values where M and alpha = 1."""
+    return torch.where(mask, torch.lerp(target, source, alpha), target)
+
+
+def transport_edit(source, channels, mask=None, alpha=1.0):
+    """An edit for ``helpers.intervene`` that transports the source into the target on ``channels`` (blocks, k)
+    within ``mask`` (bool (rows, tokens), None: every token). ``source[step, block]``: the source's values on those
+    channels, (rows, tokens, k) with the target's rows; ``alpha``: a number or one per row."""
+    def edit(x, site):
+        if (site.step, site.block) not in source:
+            return x
+        rows = slice(site.rows.start, site.rows.stop)
+        src = source[site.step, site.block][rows].to(x.device, x.dtype)
+        p = torch.ones(x.shape[:2], dtype=torch.bool) if mask is None else mask[rows]
+        a = torch.as_tensor(alpha, dtype=x.dtype).reshape(-1)
+        a = (a if a.numel() == 1 else a[rows]).to(x.device)[:, None, None]
+        m = channels[site.block].to(x.device)
+        new = x.clone()
+        new[..., m] = blend(x[..., m], src, p.to(x.device)[..., None], a)
+        return new
+    return edit
