@@ -6,8 +6,10 @@ of the comparison. Only cells tagged ``nbval-check-output`` are compared at all 
 sanitised by tests/nbval_sanitize.cfg, is what must match the stored output.
 """
 
+GLUED = "application/papermill.record/"  # values glued for the book: figures and HTML are volatile, text is checked
 VOLATILE = ("image/png", "image/jpeg", "image/svg+xml", "text/html", "application/javascript",
-            "application/vnd.jupyter.widget-view+json", "application/vnd.jupyter.widget-state+json", "stderr")
+            "application/vnd.jupyter.widget-view+json", "application/vnd.jupyter.widget-state+json", "stderr",
+            GLUED + "image/png", GLUED + "image/jpeg", GLUED + "text/html", GLUED + "image/svg+xml")
 
 
 def pytest_collectstart(collector):

@@ -2,8 +2,10 @@
 and estimates with intervals. Every function returns its matplotlib figure (or axes), so a chapter can show it,
 glue it into a numbered caption, or save it.
 
-``setup()`` (run at the top of every chapter) makes figures legible on any screen: PNGs at 200 dpi shown at half
-their pixel size (sharp on HiDPI), fonts of at least 8 pt at the size shown.
+``setup()`` (run at the top of every chapter) makes figures legible on any screen: PNGs at 200 pixels per inch shown
+at 100 per inch (sharp on HiDPI screens), fonts of at least 8 pt at the size shown, and a 32x32 image 1 inch wide
+shows at 100 px. ``glue`` hands a number, a sentence or a figure to the book's prose (myst-nb's glue, without
+needing myst-nb installed: on Colab it only displays).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-DPI = 200
+DPI = 100  # shown pixels per inch; "retina" PNGs hold twice as many
 FONT = 9  # points; nothing smaller than 8
 
 
@@ -28,6 +30,18 @@ def setup() -> None:
         set_matplotlib_formats("retina")
     except ImportError:  # not in IPython
         pass
+
+
+def glue(name: str, value, display: bool = False) -> None:
+    """Store ``value`` (a string, number or figure) under ``name`` in the notebook's outputs, where the book's
+    ``{glue:text}`` and ``{glue:figure}`` find it (the same output myst_nb.glue writes). ``display=True`` also shows
+    it."""
+    from IPython.core.formatters import format_display_data
+    from IPython.display import display as show
+    bundle, metadata = format_display_data(value)
+    prefix = "" if display else "application/papermill.record/"
+    metadata = {**metadata, "scrapbook": {"name": name, "mime_prefix": prefix}}
+    show({prefix + k: v for k, v in bundle.items()}, raw=True, metadata=metadata)
 
 
 def to_array(image) -> np.ndarray:

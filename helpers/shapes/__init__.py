@@ -19,6 +19,8 @@ def load_shapes_pipeline(path=MODEL_DIR) -> ShapesPipeline:
     if not (Path(path) / "model_index.json").exists():
         raise FileNotFoundError(f"no trained shapes pipeline at {path}; train one with "
                                 "`python tools/train_shapes.py --out DIR`")
-    pipe = ShapesPipeline.from_pretrained(path, local_files_only=True).to(torch.float32)  # weights may be fp16
+    pipe = ShapesPipeline.from_pretrained(path, local_files_only=True)
+    if pipe.transformer.dtype != torch.float32:  # weights shipped in half precision run in float32 on the CPU
+        pipe.to(torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe
