@@ -1,6 +1,9 @@
 # Few Channels Draw the Whole Picture — build and check the executable book.
-#   make book   execute every notebook (cached) and build the HTML book into _build/html
-#   make test   unit tests, notebooks re-run with nbval, book build from stored outputs, browser check
+#   make book      execute every notebook (cached) and build the HTML book into _build/html
+#   make test      everything CI runs: format check, unit tests, notebooks re-run with nbval, the book built from the
+#                  stored outputs (warnings are errors), and the browser check of every page
+#   make student   the student edition: student/NN_*.ipynb without the solutions (tools/student.py)
+# Single steps: make format | unit | notebooks | book-stored | check-book [PAGES="notebooks/02_disruption ..."]
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
@@ -10,7 +13,7 @@ CHROMIUM ?= /usr/bin/chromium
 export CHROMIUM
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
-.PHONY: install book test unit notebooks book-stored check-book chromium clean
+.PHONY: install book test format unit notebooks book-stored check-book chromium student clean
 
 # Create the virtualenv if missing, install the exact pins and the helpers package (editable).
 # The stamp makes a second call instant; editing requirements.txt or pyproject.toml reinstalls.
@@ -24,8 +27,13 @@ book: install
 	$(VENV)/bin/jupyter-book build .
 	@echo "Open file://$(CURDIR)/_build/html/index.html"
 
-test: install chromium unit notebooks book-stored check-book
+# Cheap checks first, so a formatting slip fails in seconds rather than after the notebooks ran.
+test: install chromium format unit notebooks book-stored check-book
 	@echo "make test: all checks passed"
+
+# The chapters' code at 88 columns (notebooks/ruff.toml); `ruff format notebooks` fixes what this reports.
+format: install
+	$(VENV)/bin/ruff format --check notebooks
 
 unit: install
 	$(PY) -m pytest -q tests
@@ -35,14 +43,18 @@ notebooks: install
 		--nbval-sanitize-with tests/nbval_sanitize.cfg notebooks/
 
 # nbval has just executed every notebook; build the book from the stored outputs instead of a third run.
+# The config copy sits in _build/, so the local extension's folder is made absolute.
 book-stored: install
 	@mkdir -p _build
-	$(PY) -c "import yaml; c = yaml.safe_load(open('_config.yml')); c['execute']['execute_notebooks'] = 'off'; \
+	$(PY) -c "import pathlib, yaml; c = yaml.safe_load(open('_config.yml')); c['execute']['execute_notebooks'] = 'off'; \
+		ext = c.get('sphinx', {}).get('local_extensions') or {}; \
+		c['sphinx']['local_extensions'] = {k: str(pathlib.Path(v).resolve()) for k, v in ext.items()}; \
 		yaml.safe_dump(c, open('_build/_config.stored.yml', 'w'), allow_unicode=True, sort_keys=False)"
 	$(VENV)/bin/jupyter-book build . --config _build/_config.stored.yml -W --keep-going
 
+# Every page of _toc.yml at 1280 and 390 px; PAGES="notebooks/02_disruption book/intro" checks only those.
 check-book: install chromium
-	$(PY) tools/check_book.py _build/html
+	$(PY) tools/check_book.py _build/html $(if $(PAGES),--pages $(PAGES))
 
 # Headless browser for the book check: Debian's chromium, or any Chrome given as CHROMIUM=/path.
 chromium:
@@ -51,5 +63,8 @@ chromium:
 		else echo "no browser at $(CHROMIUM): run 'sudo apt-get install -y chromium' or set CHROMIUM=/path/to/chrome" >&2; exit 1; fi; \
 	fi
 
+student: install
+	$(PY) tools/student.py
+
 clean:
-	rm -rf _build
+	rm -rf _build student
