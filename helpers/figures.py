@@ -32,16 +32,21 @@ def setup() -> None:
         pass
 
 
-def glue(name: str, value, display: bool = False) -> None:
+def glue(name: str, value, display: bool | None = None) -> None:
     """Store ``value`` (a string, number or figure) under ``name`` in the notebook's outputs, where the book's
-    ``{glue:text}`` and ``{glue:figure}`` find it (the same output myst_nb.glue writes). ``display=True`` also shows
-    it."""
+    ``{glue:text}`` and ``{glue:figure}`` find it (the same output myst_nb.glue writes). A figure is shown once (in
+    Jupyter and Colab; tag the cell ``remove-output`` so the book shows it only under its caption) and closed;
+    other values are shown only with ``display=True``."""
     from IPython.core.formatters import format_display_data
     from IPython.display import display as show
+    figure = isinstance(value, plt.Figure)
+    display = figure if display is None else display
     bundle, metadata = format_display_data(value)
     prefix = "" if display else "application/papermill.record/"
     metadata = {**metadata, "scrapbook": {"name": name, "mime_prefix": prefix}}
     show({prefix + k: v for k, v in bundle.items()}, raw=True, metadata=metadata)
+    if figure:
+        plt.close(value)
 
 
 def to_array(image) -> np.ndarray:
@@ -100,9 +105,16 @@ def image_grid(images, row_labels: Sequence[str] | None = None, col_labels: Sequ
 
 
 def _nested(x) -> bool:
+    """Whether ``images`` is a grid (rows of images) rather than one row."""
     if isinstance(x, np.ndarray) or torch.is_tensor(x):
         return x.ndim == 5 or (x.ndim == 4 and x.shape[-1] not in (3, 4))
-    return isinstance(x, (list, tuple)) and len(x) > 0 and isinstance(x[0], (list, tuple))
+    if not isinstance(x, (list, tuple)) or not len(x):
+        return False
+    first = x[0]
+    if isinstance(first, (list, tuple)):
+        return True
+    return (isinstance(first, np.ndarray) or torch.is_tensor(first)) and (
+        first.ndim == 4 or (first.ndim == 3 and first.shape[-1] not in (3, 4)))
 
 
 def heatmap(values, row_labels: Sequence[str], col_labels: Sequence[str], title: str | None = None,
