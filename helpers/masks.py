@@ -42,8 +42,7 @@ def pixels_to_tokens(mask, patch: int) -> np.ndarray:
 
 
 def iou(a, b) -> np.ndarray | float:
-    """Intersection over union of bool masks over their last two axes (leading axes broadcast); two empty masks
-    agree perfectly (1)."""
+    """Intersection over union of bool masks over their last two axes (leading axes broadcast); two empty masks: 1."""
     a, b = _numpy(a).astype(bool), _numpy(b).astype(bool)
     if a.shape[-2:] != b.shape[-2:]:
         raise ValueError(f"masks of different sizes {a.shape} and {b.shape}: bring them to one resolution first "

@@ -1,11 +1,7 @@
-"""Which models the book runs on: one table of pipelines and their settings, and where each transformer keeps its
-residual stream and its image tokens.
-
-``MODELS[name]`` is everything a chapter needs to know about a model: the hub checkpoint and pipeline class, how
-classifier-free guidance lays out the rows of a denoising step (and what turns it on), the sampling settings every
-chapter uses, and the memory the weights take. ``ARCHITECTURES[class name]`` says which block lists form the
-residual stream and where the image tokens sit in each block's output. Adding a model is one entry in each.
-"""
+"""Which models the book runs on. ``MODELS[name]``: the hub checkpoint and pipeline class, how guidance lays out the
+rows of a denoising step and what turns it on, the sampling settings every chapter uses, the memory the weights take.
+``ARCHITECTURES[class name]``: which block lists form the residual stream and where the image tokens sit in each
+block's output. Adding a model is one entry in each."""
 from __future__ import annotations
 
 import os
@@ -62,8 +58,9 @@ NONE, BATCHED, TWO_CALLS = "none", "batched", "two calls"
 
 @dataclass(frozen=True)
 class Model:
-    """One entry of ``MODELS``. ``guidance``: the row layout when guidance is on; ``guidance_on``: the pipeline
-    arguments that turn it on; ``settings``: what every chapter passes to the pipeline; ``weights_gib`` /
+    """One entry of ``MODELS``. ``guidance``: the row layout when guidance is on (``conditional_rows`` reads it);
+    ``guidance_on``: the pipeline arguments that turn it on, all of them needed (a scale above 1; for true CFG also a
+    ``negative_prompt``); ``settings``: what every chapter passes to the pipeline; ``weights_gib`` /
     ``largest_gib``: bfloat16 weights of all components / of the largest one (from ``tools/memory.py``)."""
 
     hub_id: str | None
@@ -77,48 +74,37 @@ class Model:
     quantize: tuple[str, ...] = ()  # components loaded in 4-bit NF4 (diffusers + bitsandbytes)
     notes: str = ""
 
-    def guided(self, kwargs: dict) -> bool:
-        """Whether a call with these pipeline arguments (on top of ``settings``) runs guidance."""
-        args = {**self.settings, **kwargs}
-        if self.guidance == NONE:
-            return False
-        scale = next((args[k] for k in ("true_cfg_scale", "guidance_scale") if k in self.guidance_on and k in args),
-                     None)
-        needs_negative = "negative_prompt" in self.guidance_on
-        on = scale is not None and (scale != 1 if self.hub_id is None else scale > 1)  # the book model: 0 too
-        return on and (not needs_negative or args.get("negative_prompt") is not None)
-
 
 _FLUX_SMALL = dict(height=512, width=512, max_sequence_length=256)
 MODELS: dict[str, Model] = {
     "shapes": Model(None, "ShapesPipeline", False, BATCHED, ("guidance_scale",),
-                    dict(num_inference_steps=20), 0.01, 0.01,
+                    dict(num_inference_steps=20), 0.01, 0.0,
                     notes="the bundled book model: CPU, offline"),
     "sana-1.5": Model("Efficient-Large-Model/SANA1.5_1.6B_1024px_diffusers", "SanaPipeline", False, BATCHED,
                       ("guidance_scale",), dict(num_inference_steps=20, guidance_scale=4.5, height=1024, width=1024),
-                      8.4, 5.0, notes="fits a free Colab T4 (15 GiB) on the GPU"),
+                      8.44, 4.87, notes="fits a free Colab T4 (15 GiB) on the GPU"),
     "flux.1-schnell-4bit": Model("black-forest-labs/FLUX.1-schnell", "FluxPipeline", False, NONE, (),
-                                 dict(num_inference_steps=4, guidance_scale=0.0, **_FLUX_SMALL), 12.1, 6.4,
+                                 dict(num_inference_steps=4, guidance_scale=0.0, **_FLUX_SMALL), 10.64, 6.23,
                                  quantize=("transformer", "text_encoder_2"),
                                  notes="FLUX.1-schnell with the transformer and T5 in 4-bit: fits a T4"),
     "flux.1-schnell": Model("black-forest-labs/FLUX.1-schnell", "FluxPipeline", False, NONE, (),
-                            dict(num_inference_steps=4, guidance_scale=0.0, **_FLUX_SMALL), 31.4, 22.2),
+                            dict(num_inference_steps=4, guidance_scale=0.0, **_FLUX_SMALL), 31.4, 22.15),
     "flux.1-dev": Model("black-forest-labs/FLUX.1-dev", "FluxPipeline", True, TWO_CALLS,
                         ("true_cfg_scale", "negative_prompt"),
-                        dict(num_inference_steps=28, guidance_scale=3.5, **_FLUX_SMALL), 31.4, 22.2,
+                        dict(num_inference_steps=28, guidance_scale=3.5, **_FLUX_SMALL), 31.42, 22.17,
                         notes="guidance-distilled; true CFG only with true_cfg_scale > 1 and a negative_prompt"),
     "flux.2-klein": Model("black-forest-labs/FLUX.2-klein-4B", "Flux2KleinPipeline", False, NONE, (),
-                          dict(num_inference_steps=4, height=512, width=512), 14.9, 7.5),
+                          dict(num_inference_steps=4, height=512, width=512), 14.87, 7.49),
     "qwen-image": Model("Qwen/Qwen-Image", "QwenImagePipeline", False, TWO_CALLS,
                         ("true_cfg_scale", "negative_prompt"),
                         dict(num_inference_steps=30, true_cfg_scale=4.0, negative_prompt=" ", height=512, width=512),
-                        53.7, 38.1, notes="true CFG only with a negative_prompt: the settings pass one"),
+                        53.74, 38.05, notes="true CFG only with a negative_prompt: the settings pass one"),
     "sd3.5-medium": Model("stabilityai/stable-diffusion-3.5-medium", "StableDiffusion3Pipeline", True, BATCHED,
                           ("guidance_scale",), dict(num_inference_steps=28, guidance_scale=4.5, height=512, width=512),
-                          15.2, 8.9, notes="skip-layer guidance adds a call on the cond rows in some steps"),
+                          15.15, 8.87, notes="skip-layer guidance adds a call on the cond rows in some steps"),
     "pixart-sigma": Model("PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", "PixArtSigmaPipeline", False, BATCHED,
                           ("guidance_scale",),
-                          dict(num_inference_steps=20, guidance_scale=4.5, height=1024, width=1024), 10.2, 8.9,
+                          dict(num_inference_steps=20, guidance_scale=4.5, height=1024, width=1024), 10.17, 8.87,
                           notes="ignores callback_on_step_end"),
 }
 
@@ -163,23 +149,26 @@ def hidden_width(pipe_or_transformer) -> int:
     return config.num_attention_heads * config.attention_head_dim
 
 
-def model_of(pipe) -> Model | None:
-    """The MODELS entry of a loaded pipeline (by its class; None for pipelines not in the table)."""
-    name = type(pipe).__name__
-    return next((m for m in MODELS.values() if m.pipeline == name), None)
+def guidance_layout(pipe) -> str | None:
+    """The guidance row layout of a loaded pipeline, from the MODELS entries of its class (None: not in the table)."""
+    layouts = {m.guidance for m in MODELS.values() if m.pipeline == type(pipe).__name__}
+    return max(layouts - {NONE}, default=NONE) if layouts else None
 
 
-def conditional_rows(layout: str, rows_by_call: list[int], n_images: int) -> list[int]:
-    """Indices of the conditional rows among a step's rows, from the layout and the rows of each call."""
-    total = sum(rows_by_call)
-    if total == n_images:
-        return list(range(n_images))
-    if layout == BATCHED and rows_by_call[0] == 2 * n_images:
-        return list(range(n_images, 2 * n_images))
-    if layout == TWO_CALLS and rows_by_call[:2] == [n_images, n_images]:
-        return list(range(n_images))
-    raise ValueError(f"cannot find the conditional rows of {n_images} images in a step whose calls have "
-                     f"{rows_by_call} rows with guidance layout {layout!r}")
+def conditional_rows(layout: str | None, rows_by_call: list[int], n_images: int) -> list[int]:
+    """The one resolver of the conditional rows of n images among a step's rows, from the guidance layout
+    (``Model.guidance``; where NONE or unknown, the calls tell it) and the rows of each transformer call."""
+    n = n_images
+    if sum(rows_by_call) == n:
+        return list(range(n))
+    if layout not in (BATCHED, TWO_CALLS):
+        layout = BATCHED if rows_by_call[0] == 2 * n else TWO_CALLS if rows_by_call[:2] == [n, n] else layout
+    if layout == BATCHED and rows_by_call[0] == 2 * n:
+        return list(range(n, 2 * n))
+    if layout == TWO_CALLS and rows_by_call[:2] == [n, n]:
+        return list(range(n))
+    raise ValueError(f"cannot find the conditional rows of {n} images in a step whose calls have {rows_by_call} "
+                     f"rows with guidance layout {layout!r}")
 
 
 def sampling_settings(name: str, **overrides) -> dict:
@@ -199,26 +188,49 @@ def _memory() -> tuple[float, float]:
     return gpu, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
 
 
-MARGIN_GIB = 3.0  # activations, the VAE decode and the CUDA context on top of the weights (tools/memory.py)
+MARGIN_GIB = 3.0  # GPU memory for activations, the VAE decode and the CUDA context on top of the weights
+RAM_MARGIN_GIB = 2.0  # host RAM for Python, torch and the runtime on top of the weights (tools/memory.py uses both)
 
 
 def memory_plan(name: str, gpu_gib: float, ram_gib: float) -> str:
-    """How ``name`` fits a machine: "gpu" (everything on the GPU), "offload" (``enable_model_cpu_offload``), or
-    a ValueError that says what is missing and which model or option to use instead."""
+    """How ``name`` fits a machine with ``gpu_gib`` GiB of GPU memory and ``ram_gib`` GiB of RAM: "gpu" (every
+    component on the GPU), "offload" (``enable_model_cpu_offload``: one component on the GPU at a time) or, for the
+    bundled model without a GPU, "cpu". Otherwise a ValueError that says what is missing and what fits here.
+
+    The needs (tools/memory.py computes ``weights_gib`` and ``largest_gib``; book/real_models.md shows the rest):
+    GPU memory for the weights, or with model offload for the largest component, plus ``MARGIN_GIB``; RAM for every
+    weight of a bfloat16 model (``from_pretrained`` loads the pipeline into RAM before it moves to the GPU, and
+    offloaded weights live there) or for the largest component of a 4-bit one (bitsandbytes quantises each weight
+    onto the GPU as it is read), plus ``RAM_MARGIN_GIB``. 4-bit entries are not offloaded.
+    """
     m = _entry(name)
     if m.hub_id is None:
-        return "gpu" if gpu_gib else "cpu"
-    load_ram = m.largest_gib if m.quantize else m.weights_gib  # offloaded weights all live in RAM
-    if gpu_gib >= m.weights_gib + MARGIN_GIB and ram_gib >= m.largest_gib:
-        return "gpu"
-    if gpu_gib >= m.largest_gib + MARGIN_GIB and ram_gib >= load_ram + 1:
-        return "offload"
-    fits = [n for n, o in MODELS.items() if o.hub_id and gpu_gib >= min(o.weights_gib, o.largest_gib) + MARGIN_GIB
-            and ram_gib >= (o.largest_gib if o.quantize else o.weights_gib) + 1]
+        return "gpu" if gpu_gib > 0 else "cpu"
+
+    def needs(o: Model) -> tuple[float, float | None, float]:  # GPU whole, GPU with offload, RAM
+        ram = (o.largest_gib if o.quantize else o.weights_gib) + RAM_MARGIN_GIB
+        return o.weights_gib + MARGIN_GIB, None if o.quantize else o.largest_gib + MARGIN_GIB, ram
+
+    def plan(o: Model) -> str | None:
+        gpu, offload, ram = needs(o)
+        if ram_gib < ram or gpu_gib <= 0:
+            return None
+        return "gpu" if gpu_gib >= gpu else "offload" if offload is not None and gpu_gib >= offload else None
+
+    if plan(m):
+        return plan(m)
+    gpu, offload, ram = needs(m)
+    need = f"{gpu:.1f} GiB of GPU memory" + (f" ({offload:.1f} with model offload)" if offload else "")
+    here = (f"this machine has {gpu_gib:.1f} GiB of GPU memory and {ram_gib:.1f} GiB of RAM" if gpu_gib > 0 else
+            f"this machine has no CUDA GPU (choose a GPU runtime; on Colab: Runtime > Change runtime type > T4 GPU) "
+            f"and {ram_gib:.1f} GiB of RAM")
+    fitting = {n: plan(o) for n, o in MODELS.items() if o.hub_id and plan(o)}
+    smaller = [n for n in fitting if MODELS[n].hub_id == m.hub_id and MODELS[n].quantize]
+    advice = (f'Use MODEL = "{smaller[0]}": the same model with 4-bit weights, which fits here. ' if smaller else "")
+    listed = ", ".join(f'"{n}"' + (" (model offload)" if p == "offload" else "") for n, p in fitting.items())
     raise ValueError(
-        f"{name} needs about {m.weights_gib + MARGIN_GIB:.0f} GiB of GPU memory ({m.largest_gib + MARGIN_GIB:.0f} "
-        f"with model offload, then {m.weights_gib:.0f} GiB of RAM); this machine has {gpu_gib:.1f} GiB of GPU memory "
-        f"and {ram_gib:.1f} GiB of RAM. Models that fit here: {fits or 'none (use a GPU runtime)'}. "
+        f"{name} needs {need} and {ram:.1f} GiB of RAM; {here}. {advice}"
+        f"Models that fit here: {listed or 'none'}; the bundled \"shapes\" model runs anywhere. "
         "Pass check_memory=False to try anyway.")
 
 

@@ -72,6 +72,22 @@ def unpack(tokens: torch.Tensor, height: int = CANVAS, width: int = CANVAS) -> t
     return x.permute(0, 3, 1, 4, 2, 5).reshape(b, 3, height, width)
 
 
+def image_to_latents(images) -> torch.Tensor:
+    """(B, 32, 32, 3) images in [0, 1] (numpy or torch) -> the pipeline's packed latents (B, 64, 48) in [-1, 1]."""
+    x = torch.as_tensor(np.asarray(images, np.float32))
+    if x.ndim != 4 or tuple(x.shape[1:]) != (CANVAS, CANVAS, 3):
+        raise ValueError(f"images must have shape (B, {CANVAS}, {CANVAS}, 3), got {tuple(x.shape)}")
+    if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+        raise ValueError("images must hold finite values in [0, 1]; convert uint8 with x / 255, [-1, 1] with "
+                         "(x + 1) / 2")
+    return pack(x.permute(0, 3, 1, 2) * 2 - 1)
+
+
+def latents_to_image(latents: torch.Tensor) -> np.ndarray:
+    """Packed latents (B, 64, 48) -> (B, 32, 32, 3) images in [0, 1], as the pipeline decodes them."""
+    return ((unpack(latents.float()) + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+
+
 def image_ids(height: int = CANVAS, width: int = CANVAS) -> torch.Tensor:
     """Rotary position ids (row, column) of the image tokens, as FLUX.1 builds them."""
     ids = torch.zeros(height // PATCH, width // PATCH, 3)
