@@ -5,63 +5,100 @@ this file is stale.
 """
 from __future__ import annotations
 import numpy as np
+import operator
 from sklearn.cluster import KMeans
+from threadpoolctl import ThreadpoolController
 import torch
 
 
 # ---------------------------------------- 01_observing
 
-def channel_statistic(mean, steps=None, rows=None):
-    """The paper's statistic s_d = |mean over image tokens of X[:, d]|, averaged over the chosen steps and rows:
-    (steps, blocks, rows, channels) means, e.g. ``Recording.mean`` -> (blocks, channels)."""
-    mean = mean if steps is None else mean[steps]
+def channel_statistic(mean, steps=None, rows=None):  # used again later
+    """The paper's statistic s_d = |mean over image tokens of X[:, d]|, per block and
+    channel: (steps, blocks, rows, channels) signed means such as ``Recording.mean`` ->
+    (blocks, channels). The magnitude is taken per step and row (one image at one noise
+    level), then averaged over ``steps`` and ``rows`` (lists of indices; None: all).
+    With guidance, pass the conditional rows: ``rows=rec.conditional_rows(n)``."""
+    if mean.ndim != 4:
+        raise ValueError(
+            f"mean must be (steps, blocks, rows, channels), got {tuple(mean.shape)}"
+        )
+    mean = mean if steps is None else mean[[steps] if isinstance(steps, int) else steps]
     mean = mean if rows is None else mean[:, :, rows]
     return mean.abs().nanmean(dim=(0, 2))
 
 
-def top_k(stat, k):
-    """The k channels with the largest statistic in each block: (blocks, channels) -> (blocks, k)."""
+def top_k(stat, k):  # used again later
+    """The k channels with the largest statistic, largest first:
+    (..., channels) -> (..., k). ``top_k(stat, 4)[l]``: block l's massive channels."""
+    k = operator.index(k)
     if not 1 <= k <= stat.shape[-1]:
-        raise ValueError(f"k must be between 1 and the number of channels ({stat.shape[-1]}), got {k}")
+        raise ValueError(
+            f"k must be between 1 and the {stat.shape[-1]} channels, got {k}"
+        )
     return stat.topk(k, dim=-1).indices
 
 
-def top_to_median(stat, ranks=3):
-    """How many times the median channel the 1st, 2nd, ... largest channels are: (blocks, channels) -> (blocks,
-    ranks). Sun et al. (2024) call an activation massive at about 1000x the median."""
+def top_to_median(stat, ranks=3):  # used again later
+    """How many times the median channel's statistic the 1st, 2nd, ... largest
+    channels' are: (..., channels) -> (..., ranks). Sun et al. (2024) call an
+    activation massive at about 1000x the median."""
     return stat.topk(ranks, dim=-1).values / stat.median(dim=-1, keepdim=True).values
 
 
 # ---------------------------------------- 02_disruption
 
-def bottom_k(stat, k):
-    """The k channels with the smallest statistic in each block (the paper's control): (blocks, k)."""
+def bottom_k(stat, k):  # used again later
+    """The k channels with the smallest statistic in each block (the paper's control):
+    (blocks, k)."""
     return top_k(-stat, k)
 
 
-def random_k(stat, k, seed=0, exclude=None):
-    """k channels per block drawn uniformly among those not in ``exclude`` (blocks, m): (blocks, k)."""
+def random_k(stat, k, seed=0, exclude=None):  # used again later
+    """k channels per block drawn uniformly among those not in ``exclude`` (blocks, m):
+    (blocks, k)."""
     scores = torch.rand(stat.shape, generator=torch.Generator().manual_seed(seed))
     if exclude is not None:
         scores = scores.scatter(-1, exclude, -1.0)  # never drawn
     return top_k(scores, k)
 
 
-def zero_channels(channels):
-    """An edit for ``helpers.intervene``: set ``channels[block]`` of every image token to zero."""
+def channel_index(channels, site, x):  # used again later
+    """Indices (rows, tokens, k) of the chosen channels in x for this call.
+    ``channels`` is (blocks, k), the same for every image, or (blocks, images, k),
+    one set per image (row r is image r % images)."""
+    idx = channels[site.block]
+    if idx.ndim == 2:
+        idx = idx[torch.as_tensor(site.rows) % idx.shape[0]]
+    idx = idx.expand(x.shape[0], -1) if idx.ndim == 1 else idx
+    return idx[:, None, :].expand(-1, x.shape[1], -1).to(x.device)
+
+
+def zero_channels(channels):  # used again later
+    """An edit for ``helpers.intervene``: set the chosen channels of every image
+    token to zero."""
+
     def edit(x, site):
-        return x.index_fill(-1, channels[site.block].to(x.device), 0.0)
+        return x.scatter(-1, channel_index(channels, site, x), 0.0)
+
     return edit
 
 
 # ---------------------------------------- 03_clustering
 
+THREADS = ThreadpoolController()
+
+
 def foreground_mask(tokens, channels=None):
-    """K = 2 k-means of one image's tokens (tokens, width) on ``channels`` (None: all); the foreground is the
-    cluster with fewer tokens on the border of the square token grid (ties: the smaller cluster). -> bool (tokens,)"""
-    x = np.asarray(tokens if channels is None else tokens[:, channels], dtype=np.float64)
-    labels = KMeans(n_clusters=2, n_init=4, random_state=0).fit_predict(x)
-    side = int(round(len(x) ** 0.5))
+    """K = 2 k-means of one image's tokens (tokens, width), numpy or torch, on
+    ``channels`` (None: all); the foreground is the cluster with fewer tokens on the
+    border of the square token grid (ties: the smaller cluster). -> bool (tokens,)"""
+    x = torch.as_tensor(tokens).detach().cpu()
+    if channels is not None:
+        x = x[:, torch.as_tensor(channels).cpu().long()]
+    with THREADS.limit(limits=1, user_api="openmp"):  # 64 points: one thread is fastest
+        labels = KMeans(n_clusters=2, n_init=4, random_state=0).fit_predict(x.double())
+    side = int(round(len(labels) ** 0.5))
     border = np.ones((side, side), bool)
     border[1:-1, 1:-1] = False
     on_border = [np.sum(border.ravel() & (labels == c)) for c in (0, 1)]
@@ -73,14 +110,17 @@ def foreground_mask(tokens, channels=None):
 # ---------------------------------------- 04_prompt_transport
 
 def blend(target, source, mask, alpha=1.0):
-    """X_t (1 - M) + X_s M for a bool M, with strength alpha: exactly the source's values where M and alpha = 1."""
+    """X_t (1 - M) + X_s M for a bool M, with strength alpha: exactly the source's
+    values where M and alpha = 1."""
     return torch.where(mask, torch.lerp(target, source, alpha), target)
 
 
 def transport_edit(source, channels, mask=None, alpha=1.0):
-    """An edit for ``helpers.intervene`` that transports the source into the target on ``channels`` (blocks, k)
-    within ``mask`` (bool (rows, tokens), None: every token). ``source[step, block]``: the source's values on those
-    channels, (rows, tokens, k) with the target's rows; ``alpha``: a number or one per row."""
+    """An edit for ``helpers.intervene`` that transports the source into the target on
+    ``channels`` (blocks, k) within ``mask`` (bool (rows, tokens), None: every token).
+    ``source[step, block]``: the source's values on those channels, (rows, tokens, k)
+    with the target's rows; ``alpha``: a number or one per row."""
+
     def edit(x, site):
         if (site.step, site.block) not in source:
             return x
@@ -93,4 +133,5 @@ def transport_edit(source, channels, mask=None, alpha=1.0):
         new = x.clone()
         new[..., m] = blend(x[..., m], src, p.to(x.device)[..., None], a)
         return new
+
     return edit

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import re
 import json
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ from toc import chapter_paths  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = ROOT / "helpers" / "chapters.py"
-MARK = "#@save"
+MARK = re.compile(r"\s*#\s*@save\b")  # ruff format writes "#@save" as "# @save"
 ALLOWED_HELPERS = {"helpers.models", "helpers.hooks", "helpers.masks", "helpers.stats", "helpers.figures",
                    "helpers.shapes", "helpers.shapes.world"}
 HEADER = '''"""The functions the chapters teach, exported from their ``#@save`` cells by ``tools/export.py``.
@@ -41,9 +42,8 @@ def saved_cells(notebook: Path) -> list[str]:
     out = []
     for cell in cells:
         source = "".join(cell["source"])
-        if cell["cell_type"] == "code" and MARK in source:
-            out.append("\n".join(line.replace(f"  {MARK}", "").replace(MARK, "").rstrip()
-                                 for line in source.splitlines()).strip("\n"))
+        if cell["cell_type"] == "code" and MARK.search(source):
+            out.append("\n".join(MARK.sub("", line).rstrip() for line in source.splitlines()).strip("\n"))
     return out
 
 
