@@ -3,6 +3,7 @@
 #   make test      everything CI runs: format check, unit tests, notebooks re-run with nbval, the book built from the
 #                  stored outputs (warnings are errors), and the browser check of every page
 #   make student   the student edition: student/NN_*.ipynb without the solutions (tools/student.py)
+#   make floors    the lowest dependency versions pyproject.toml allows, in a fresh venv, with the unit tests
 # Single steps: make format | unit | notebooks | book-stored | check-book [PAGES="notebooks/02_disruption ..."]
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -13,7 +14,7 @@ CHROMIUM ?= /usr/bin/chromium
 export CHROMIUM
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
-.PHONY: install book test format unit notebooks book-stored check-book chromium student clean
+.PHONY: install book test format unit notebooks book-stored check-book chromium student clean floors
 
 # Create the virtualenv if missing, install the exact pins and the helpers package (editable).
 # The stamp makes a second call instant; editing requirements.txt or pyproject.toml reinstalls.
@@ -65,6 +66,12 @@ chromium:
 
 student: install
 	$(PY) tools/student.py
+
+# The dependency floors of pyproject.toml: a fresh venv with the lowest allowed versions, then the unit tests
+# (about 20 minutes on 2 cores; not part of `make test`). TORCH=torch==X: another torch where the floor's CPU
+# build is out of reach (README).
+floors:
+	TORCH="$(TORCH)" .ci/floors
 
 clean:
 	rm -rf _build student

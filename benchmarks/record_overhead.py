@@ -1,10 +1,11 @@
-"""Cost of ``helpers.record`` against a plain generation, as a ratio measured in one run.
+"""Cost of ``helpers.record`` and of ``helpers.intervene`` (an edit zeroing 4 channels of every block) against a
+plain generation, as ratios measured in one run.
 
-Plain and recorded generations are interleaved (so drifts in machine load hit both alike) and the ratio is the median
-recorded time over the median plain time. Default: the book model on CPU (the bundled weights if present, else a
-random ShapesPipeline), 20 steps, batch 8, one torch thread. ``--full-flux``: a full-size FLUX.1 transformer (3072
-wide, 19 + 38 blocks) with random bf16 weights in ``FluxPipeline`` at 1024x1024 (4096 image tokens), 28 steps, on a
-GPU.
+Plain, recorded and intervened generations are interleaved (so drifts in machine load hit all alike) and each ratio
+is the median recorded (or intervened) time over the median plain time. Default: the book model on CPU (the bundled
+weights if present, else a random ShapesPipeline), 20 steps, batch 8, one torch thread. ``--full-flux``: a
+full-size FLUX.1 transformer (3072 wide, 19 + 38 blocks) with random bf16 weights in ``FluxPipeline`` at 1024x1024
+(4096 image tokens), 28 steps, on a GPU.
 
     python benchmarks/record_overhead.py [--repeats 15] [--threads 1] [--full-flux]
 """
@@ -18,11 +19,11 @@ from pathlib import Path
 import torch
 
 import helpers
-from helpers.activations import stats_nbytes
+from helpers import stats_nbytes
+from helpers.shapes import MODEL_DIR, ShapesPipeline, build_components, load_shapes_pipeline
 
 
 def shapes_generation(batch: int, steps: int):
-    from helpers.shapes import MODEL_DIR, ShapesPipeline, build_components, load_shapes_pipeline
     if (Path(MODEL_DIR) / "model_index.json").exists():
         pipe, which = load_shapes_pipeline(), "bundled shapes model"
     else:
@@ -34,7 +35,7 @@ def shapes_generation(batch: int, steps: int):
 
     def generate():
         pipe(prompt_embeds=embeds, pooled_prompt_embeds=pooled, num_inference_steps=steps,
-             generator=torch.Generator().manual_seed(0), output_type="latent")
+             generator=helpers.generators(batch), output_type="latent")
     return pipe, generate, f"{which}, CPU, {steps} steps, batch {batch}"
 
 
@@ -68,7 +69,7 @@ def full_flux_generation(batch: int, steps: int):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full-flux", action="store_true", help="full-size FLUX.1 transformer on a GPU")
-    parser.add_argument("--repeats", type=int, default=None, help="timed pairs (default 15 CPU, 3 GPU)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 15 CPU, 3 GPU)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default 20 CPU, 28 GPU)")
     parser.add_argument("--batch", type=int, default=None, help="images per generation (default 8 CPU, 1 GPU)")
     parser.add_argument("--threads", type=int, default=None,
@@ -89,12 +90,21 @@ def main():
             generate()
         return rec
 
-    generate(), recorded()  # warm-up
+    def zero_top(x, site):  # an edit through helpers.intervene: the 4 channels of every block with top[] set to 0
+        return x.index_fill(-1, top[site.block].to(x.device), 0.0)
+
+    def intervened():
+        with helpers.intervene(pipe, edit=zero_top):
+            generate()
+
+    top = helpers.top_k(helpers.channel_statistic(recorded().mean), 4)  # warm-up, and the channels to zero
+    generate(), intervened()
+    variants = {"plain": generate, "recorded": recorded, "intervened": intervened}
     rec = None
-    wall = {"plain": [], "recorded": []}
-    cpu = {"plain": [], "recorded": []}  # process CPU time: less sensitive than wall time to other jobs' load
+    wall = {name: [] for name in variants}
+    cpu = {name: [] for name in variants}  # process CPU time: less sensitive than wall time to other jobs' load
     for _ in range(repeats):
-        for name, run in (("plain", generate), ("recorded", recorded)):
+        for name, run in variants.items():
             start, start_cpu = time.perf_counter(), time.process_time()
             result = run()
             rec = result if name == "recorded" else rec
@@ -106,8 +116,9 @@ def main():
     for name in wall:
         print(f"{name:9s} wall median {median(wall[name]):.4f} s (min {min(wall[name]):.4f}), "
               f"CPU median {median(cpu[name]):.4f} s")
-    print(f"ratio recorded / plain: {median(wall['recorded']) / median(wall['plain']):.3f} wall time, "
-          f"{median(cpu['recorded']) / median(cpu['plain']):.3f} CPU time (medians of {repeats} interleaved pairs)")
+    for name in ("recorded", "intervened"):
+        print(f"ratio {name} / plain: {median(wall[name]) / median(wall['plain']):.3f} wall time, "
+              f"{median(cpu[name]) / median(cpu['plain']):.3f} CPU time (medians of {repeats} interleaved rounds)")
     print(f"statistics of this run: {tuple(rec.mean.shape)} x 3, "
           f"{stats_nbytes(steps, n_blocks, batch, width) / 1e6:.2f} MB")
     print(f"FLUX.1 1024x1024, 28 steps, one image: {stats_nbytes(28, 57, 1, 3072) / 1e6:.1f} MB of statistics")

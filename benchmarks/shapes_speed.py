@@ -6,6 +6,7 @@ import time
 
 import torch
 
+import helpers
 from helpers.shapes import load_shapes_pipeline, sample_scenes
 
 
@@ -14,7 +15,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--guidance", type=float, default=1.0, help="guidance_scale (> 1: classifier-free guidance)")
+    ap.add_argument("--guidance", type=float, default=1.0,
+                    help="guidance_scale (other than 1: classifier-free guidance)")
     args = ap.parse_args()
     start = time.perf_counter()
     pipe = load_shapes_pipeline()
@@ -24,13 +26,12 @@ def main():
     times = []
     for i in range(args.repeats):
         start = time.perf_counter()
-        pipe(prompt=captions, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(i),
-             output_type="np", guidance_scale=args.guidance)
+        helpers.generate(pipe, captions, seed=i, num_inference_steps=args.steps, guidance_scale=args.guidance)
         times.append(time.perf_counter() - start)
     print(f"torch threads: {torch.get_num_threads()}")
     print(f"pipeline load: {load:.2f} s")
-    print(f"{args.steps}-step generation of {args.batch} images, guidance {args.guidance}: median {statistics.median(times):.3f} s "
-          f"(min {min(times):.3f}, max {max(times):.3f}, {args.repeats} repeats)")
+    print(f"{args.steps}-step generation of {args.batch} images, guidance {args.guidance}: median "
+          f"{statistics.median(times):.3f} s (min {min(times):.3f}, max {max(times):.3f}, {args.repeats} repeats)")
 
 
 if __name__ == "__main__":

@@ -266,7 +266,7 @@ def load_pipeline(name: str, dtype: torch.dtype | None = None, device: str | tor
                            "(or a local cache); the bundled model loads offline: load_pipeline('shapes').") from err
     if cpu_offload:
         pipe.enable_model_cpu_offload()
-    elif not m.quantize:
+    else:  # 4-bit weights are already on the GPU; this moves the rest (CLIP, VAE), as diffusers' docs do
         pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipe.set_progress_bar_config(disable=True)
     return pipe

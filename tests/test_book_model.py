@@ -1,7 +1,5 @@
 """What the bundled book model must show: it draws what the caption says, and a few channels are massive."""
-import numpy as np
 import pytest
-import torch
 
 import helpers
 from helpers.shapes import HELD_OUT, QUALITY_SEED, load_shapes_pipeline, measure_quality, sample_scenes
@@ -31,9 +29,10 @@ def test_guidance_draws_held_out_combinations_too(pipe):
 def statistic_at_half(pipe):
     prompts = [s.caption for s in sample_scenes(16, seed=TEST_SEED, exclude=HELD_OUT)]
     with helpers.record(pipe) as rec:
-        pipe(prompt=prompts, num_inference_steps=20, generator=torch.Generator().manual_seed(0), output_type="np")
+        helpers.generate(pipe, prompts, seed=0, **helpers.sampling_settings("shapes"))
     assert rec.timesteps[10] == pytest.approx(0.5)  # step 10 of 20 is t = 0.5
-    return helpers.channel_statistic(rec, steps=[10])
+    assert rec.conditional_rows(len(prompts)) == list(range(len(prompts)))  # no guidance: every row is an image
+    return helpers.channel_statistic(rec.mean, steps=[10])
 
 
 def test_top_channel_is_30x_the_median_in_half_the_blocks(statistic_at_half):

@@ -1,22 +1,30 @@
-"""helpers.sweep: a measurement over a prompt file, sharded across processes with accelerate, resumable.
+"""tools/sweep.py: a measurement over a prompt file, sharded across processes with accelerate, resumable.
 
 The key check runs the sweep twice on the bundled model, once in one process and once as two processes started by
 ``accelerate launch`` (torchrun; on a CPU machine the processes join with gloo), and asks for byte-identical CSVs.
+Then the misuse it must refuse: a second sweep on the same --out, --pipe-kwargs that set what the sweep sets, files
+from another run (the message names the file), and integers of every kind alike.
 """
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from helpers import sweep
+import helpers
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import sweep  # noqa: E402  (tools/sweep.py: a command-line tool, not part of the helpers package)
+
 EXAMPLES = ROOT / "prompts" / "example_prompts.txt"
 FAST = ["--steps", "4"]  # few steps: the rows only have to be deterministic, not good images
 
@@ -68,7 +76,8 @@ def test_one_process_writes_one_row_per_prompt_and_seed(reference, prompt_file):
     top = table.filter(like="top_channel@")
     ratio = table.filter(like="top_to_median@")
     assert top.shape[1] == ratio.shape[1] == 6  # the book model's 3 double + 3 single blocks
-    assert ((top >= 0) & (top < 128)).all().all()
+    assert list(top.columns)[:2] == ["top_channel@double 0", "top_channel@double 1"]  # the book's block labels
+    assert ((top >= 0) & (top < helpers.hidden_width(helpers.load_pipeline("shapes")))).all().all()
     assert (ratio >= 1).all().all()
     assert (table["max_top_to_median"] == ratio.max(axis=1)).all()
 
@@ -79,8 +88,8 @@ def test_two_processes_write_the_same_table_as_one(reference, prompt_file, tmp_p
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(_free_port()),
-               "-m", "helpers.sweep", "--measure", "statistics", "--prompts", str(prompt_file), "--out", str(out),
-               *FAST]
+               str(ROOT / "tools" / "sweep.py"), "--measure", "statistics", "--prompts", str(prompt_file),
+               "--out", str(out), *FAST]
     result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "on 2 process(es)" in result.stdout
@@ -148,7 +157,7 @@ def test_disruption_measure(tmp_path):
 
 def test_clustering_measure(tmp_path):
     table = _run("clustering", sweep.read_prompts(EXAMPLES)[:2], tmp_path, "--blocks", "0", "5", "--k", "2")
-    assert list(table.filter(like="iou@").columns) == ["iou@transformer_blocks.0", "iou@single_transformer_blocks.2"]
+    assert list(table.filter(like="iou@").columns) == ["iou@double 0", "iou@single 2"]
     area = table.filter(like="foreground_area@")
     assert ((area > 0) & (area < 1)).all().all()
     assert table.filter(like="iou@").apply(lambda c: c.between(0, 1)).all().all()
@@ -180,13 +189,14 @@ def test_read_prompts_skips_comments_blanks_and_repeats(tmp_path):
         sweep.read_prompts(tmp_path / "missing.txt")
 
 
-def test_conditional_rows_follow_the_guidance_layout():
-    assert sweep.conditional_rows("flux.1-schnell", 1) is None
-    assert sweep.conditional_rows("shapes", 2) == [1]          # batched CFG: [uncond, cond]
-    assert sweep.conditional_rows("sana-1.5", 4, 2) == [2, 3]
-    assert sweep.conditional_rows("qwen-image", 2) == [0]      # true CFG, two calls: [cond, uncond]
-    with pytest.raises(ValueError, match="3 rows for 1 prompts"):
-        sweep.conditional_rows("shapes", 3)
+def test_statistics_take_the_conditional_rows_under_guidance(tmp_path):
+    """With guidance a step holds [uncond, cond] rows; the statistic is the conditional row's, as without guidance
+    the only row is (the same prompt and noise, so the two tables differ but both are complete)."""
+    lines = sweep.read_prompts(EXAMPLES)[:1]
+    guided = _run("statistics", lines, tmp_path, "--pipe-kwargs", '{"guidance_scale": 2.0}')
+    assert json.loads((tmp_path / "statistics.csv.parts" / "run.json").read_text())["pipe_kwargs"] == {
+        "num_inference_steps": 3, "guidance_scale": 2.0}
+    assert guided.filter(like="top_to_median@").notna().all().all()
 
 
 def test_shard_rows_survive_a_partial_line(tmp_path):
@@ -198,5 +208,89 @@ def test_shard_rows_survive_a_partial_line(tmp_path):
                                                                        "ok": "1"}])
     sweep.append_row(path, {"prompt": "c", "seed": 1, "x": float("nan"), "ok": False})
     assert [r["prompt"] for r in sweep.read_rows(path)[1]] == ["a, b", "c"]
-    with pytest.raises(ValueError, match="another measurement"):
+    with pytest.raises(ValueError, match="has the columns"):
         sweep.append_row(path, {"prompt": "d", "seed": 0, "y": 1})
+
+
+# ----------------------------------------------------------------------------------------------- misuse
+
+def _args(prompt_file, out, *extra) -> list[str]:
+    return ["--measure", "statistics", "--prompts", str(prompt_file), "--out", str(out), *FAST, *extra]
+
+
+def test_run_json_records_the_pipeline_arguments_that_ran(reference):
+    run = json.loads(reference.with_name("one.csv.parts").joinpath("run.json").read_text())
+    assert run["pipe_kwargs"] == {"num_inference_steps": 4}  # the model's settings with --steps on top
+    assert (run["steps"], run["step"]) == (4, 2)
+
+
+def test_a_second_sweep_on_the_same_out_stops_before_writing(prompt_file, tmp_path):
+    out = tmp_path / "busy.csv"
+    parts = tmp_path / "busy.csv.parts"
+    with sweep.lock(parts, 0):  # a sweep is running on this --out
+        with pytest.raises(SystemExit, match=r"another sweep \(process \d+\) is writing .*busy.csv.parts"):
+            sweep.main(_args(prompt_file, out))
+    assert not list(parts.glob("shard-*")) and not (parts / "run.json").exists() and not out.exists()
+    with sweep.lock(parts, 0):  # released: the next run takes it
+        pass
+
+
+@pytest.mark.parametrize("pipe_kwargs, message", [
+    ('{"num_inference_steps": 8}', r"may not set \['num_inference_steps'\].*--steps"),
+    ('{"generator": 1, "prompt": "a"}', r"may not set \['generator', 'prompt'\]"),
+    ("[1, 2]", "must be a JSON object"),
+    ("{not json", "invalid loads value"),
+])
+def test_pipe_kwargs_that_set_what_the_sweep_sets_are_refused(prompt_file, tmp_path, capsys, pipe_kwargs, message):
+    with pytest.raises(SystemExit):
+        sweep.parse_args(_args(prompt_file, tmp_path / "x.csv", "--pipe-kwargs", pipe_kwargs))
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_steps_come_from_the_model_settings_unless_given(prompt_file, tmp_path):
+    base = ["--measure", "statistics", "--prompts", str(prompt_file), "--out", str(tmp_path / "x.csv")]
+    assert sweep.parse_args(base).pipe_kwargs == helpers.sampling_settings("shapes")
+    args = sweep.parse_args([*base, "--model", "flux.1-schnell", "--pipe-kwargs", '{"height": 256}'])
+    assert args.pipe_kwargs == helpers.sampling_settings("flux.1-schnell", height=256) and args.step == 2
+    with pytest.raises(SystemExit):
+        sweep.parse_args([*base, "--steps", "4", "--step", "4"])
+
+
+def test_recovery_messages_name_the_file_to_act_on(tmp_path):
+    parts, out = tmp_path / "r.csv.parts", tmp_path / "r.csv"
+    parts.mkdir()
+    shard = parts / "shard-0.csv"
+    sweep.append_row(shard, {"prompt": "a", "seed": 0, "x": 1.0})
+    with pytest.raises(ValueError, match=f"{shard} has the columns .* delete {shard}"):
+        sweep.append_row(shard, {"prompt": "b", "seed": 0, "y": 1.0})
+    out.write_text("prompt,seed,y\nb,0,2\n")
+    with pytest.raises(ValueError, match=f"{shard} has the columns .* but {out} has"):
+        sweep.merge(parts, out, [("a", 0), ("b", 0)])
+    with open(shard, "a") as f:  # what two sweeps racing on one shard used to leave: a second header
+        f.write("prompt,seed,x\nc,1,3.0\n")
+    with pytest.raises(ValueError, match=f"{shard}, line 3, is not a row"):
+        sweep.read_rows(shard)
+    args = sweep.parse_args(["--measure", "statistics", "--prompts", str(EXAMPLES), "--out", str(out)])
+    with pytest.raises(SystemExit, match=f"{out} exists but {parts / 'run.json'} does not"):
+        sweep.check_settings(parts, out, args)
+    out.unlink()
+    sweep.check_settings(parts, out, args)  # records the settings ...
+    args.k = 8
+    with pytest.raises(SystemExit, match=f"{parts / 'run.json'} records a run with other settings .*'k': \\(4, 8\\)"):
+        sweep.check_settings(parts, out, args)  # ... and refuses others
+
+
+def test_integers_of_every_kind_are_treated_alike():
+    for three in (3, np.int64(3), np.array(3), torch.tensor(3), torch.tensor([3])):
+        assert sweep._format(three) == "3" and sweep.as_int(three) == 3
+    for half in (0.5, np.float32(0.5), torch.tensor(0.5)):
+        assert sweep._format(half) == "0.5"
+    for yes in (True, np.bool_(True), torch.tensor(True)):
+        assert sweep._format(yes) == "1"
+    assert sweep._format(float("nan")) == sweep._format(torch.tensor(float("nan"))) == ""
+    assert sweep.work_items(["a"], [np.int64(1), torch.tensor(2), 3]) == [("a", 1), ("a", 2), ("a", 3)]
+    for bad in (1.5, True, np.bool_(False), torch.tensor(1.0), torch.tensor([1, 2]), "1"):
+        with pytest.raises(TypeError, match="must be an integer"):
+            sweep.as_int(bad)
+    with pytest.raises(TypeError, match="one number, got an array of shape \\(2,\\)"):
+        sweep._format(torch.tensor([1, 2]))

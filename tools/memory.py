@@ -1,16 +1,19 @@
-"""How much memory the real DiTs need: parameter counts from their published configs, bytes per dtype, and which
-common GPUs hold them fully, with ``enable_model_cpu_offload()`` or only with sequential offload.
+"""How much memory the real DiTs need and what fits where: parameter counts from their published configs, bytes per
+weight format, GPU memory and host RAM, and the decisions ``helpers.load_pipeline`` takes from them.
 
 Nothing is downloaded: each pipeline component (transformer, text encoders, VAE) is built from its published
 hyperparameters on PyTorch's ``meta`` device (shapes without storage) from the very diffusers / transformers class
 the pipeline loads, and its parameters and buffers are counted. ``PUBLISHED_BYTES`` holds the checkpoint sizes the
 Hugging Face hub lists for several components; ``tests/test_memory.py`` checks the counts against them.
 
-    python -m helpers.memory                                # print the tables
-    python -m helpers.memory --write book/real_models.md    # refresh the page's generated blocks
+    python tools/memory.py                                # print the tables
+    python tools/memory.py --write book/real_models.md    # refresh the page's generated blocks
+    python tools/memory.py --models                       # the numbers helpers.models.MODELS must hold
 
-The page ``book/real_models.md`` carries the tables between ``<!-- generated:NAME -->`` markers; a test regenerates
-them and fails if the committed page differs, so no number on it is typed by hand.
+``helpers.models.MODELS[name].weights_gib`` / ``.largest_gib`` are ``need(name)`` rounded to 0.01 GiB, and
+``helpers.models.memory_plan`` decides from them what fits a machine. The page ``book/real_models.md`` carries the
+tables between ``<!-- generated:NAME -->`` markers; ``tests/test_memory.py`` regenerates them and fails if the page,
+or a number in MODELS, differs from what this file computes. The helpers package never imports this file.
 """
 from __future__ import annotations
 
@@ -24,27 +27,31 @@ from typing import Callable, Mapping, NamedTuple
 
 import torch
 
-from .models import MODELS, hidden_width, residual_blocks
+from helpers.hooks import stats_nbytes
+from helpers.models import (BATCHED, MARGIN_GIB, MODELS, NONE, RAM_MARGIN_GIB, TWO_CALLS, hidden_width, memory_plan,
+                            residual_blocks)
+from helpers.shapes import MODEL_DIR
 
 GIB = 2 ** 30
 
 # ----------------------------------------------------------------------------------------------- assumptions
 
-#: Bytes per weight of ``nn.Linear`` layers in each weight format. Everything else (embeddings, norms, biases,
-#: convolutions, buffers) stays in bfloat16, as bitsandbytes / torchao leave them. "4-bit" is NF4 with one float32
-#: scale per block of 64 weights (bitsandbytes without double quantisation): 0.5 + 4 / 64 bytes.
-WEIGHT_BYTES = {"bf16": 2.0, "fp8": 1.0, "4-bit": 0.5 + 4 / 64}
+#: Bytes per weight. "4-bit" is bitsandbytes NF4 without double quantisation: half a byte per weight and one float32
+#: scale per block of 64 weights. It applies to the ``nn.Linear`` weights a quantiser converts; everything else
+#: (embeddings, norms, biases, convolutions, buffers, layers the library keeps unquantised) stays in bfloat16.
+WEIGHT_BYTES = {"bf16": 2.0, "4-bit": 0.5 + 4 / 64}
 OTHER_BYTES = 2.0
 
-#: GPU memory as ``nvidia-smi`` reports it (MiB), in GiB. The T4 has no bfloat16 tensor cores; float16 takes the
-#: same two bytes per weight, so the arithmetic holds for either.
-GPUS = {"T4 16 GB": 15360 / 1024, "L4 24 GB": 23034 / 1024, "A100 40 GB": 40960 / 1024, "A100 80 GB": 81920 / 1024}
+#: Machines: (GPU memory in GiB as nvidia-smi reports it, host RAM in GiB), the RAM as Colab's Resources panel
+#: shows it (in GB) for its runtimes.
+MACHINES = {
+    "Colab T4 (free)": (15360 / 1024, 12.7e9 / GIB),
+    "Colab L4": (23034 / 1024, 53.0e9 / GIB),
+    "Colab A100": (40960 / 1024, 83.5e9 / GIB),
+    "80 GB GPU server": (81920 / 1024, 128.0),  # an A100 or H100 80 GB with 128 GiB of RAM (an assumption)
+}
 
-#: Room left on top of the weights for one 1024x1024 image: the transformer's activations, the VAE decode and the
-#: CUDA context. An assumption, not a measurement (pipe.vae.enable_tiling() shrinks the VAE part).
-MARGIN_GIB = 3.0
-
-#: Denoising steps for the recording-overhead column (helpers.activations.stats_nbytes).
+#: Denoising steps for the recorded-statistics column (helpers.stats_nbytes).
 RECORD_STEPS = 28
 
 
@@ -53,11 +60,11 @@ RECORD_STEPS = 28
 @dataclass(frozen=True)
 class Component:
     """One pipeline component: the attribute name in the pipeline, the class it is loaded as, and the published
-    hyperparameters that fix its size (everything else keeps the class defaults)."""
+    hyperparameters that fix its size (everything else keeps the class defaults), or a folder with its config.json."""
 
     attribute: str            # "transformer", "text_encoder_2", "vae", ...
     cls: str                  # "diffusers.FluxTransformer2DModel", "transformers.T5EncoderModel", ...
-    config: Mapping = field(default_factory=dict)
+    config: Mapping | Path = field(default_factory=dict)
     config_cls: str | None = None   # transformers models take a config object: "transformers.T5Config"
     source: str = ""          # where the hyperparameters are published
 
@@ -65,9 +72,14 @@ class Component:
         """The component with the published shapes on the meta device (no memory, no download)."""
         cls = _resolve(self.cls)
         with torch.device("meta"):
-            if self.config_cls:
-                return cls(_resolve(self.config_cls)(**self.config))
-            return cls(**self.config)
+            if isinstance(self.config, Path):
+                config = _resolve(self.config_cls).from_pretrained(self.config) if self.config_cls else None
+                module = cls(config) if config else cls.from_config(cls.load_config(self.config))
+            else:
+                module = cls(_resolve(self.config_cls)(**self.config)) if self.config_cls else cls(**self.config)
+            if hasattr(module, "tie_weights"):  # transformers < 5.1 leaves T5's two embeddings untied here
+                module.tie_weights()
+        return module
 
 
 def _resolve(path: str):
@@ -104,9 +116,16 @@ def _flux1(guidance: bool) -> tuple[Component, ...]:
     )
 
 
-#: Per friendly name (helpers.models.MODELS), the components the pipeline loads from the hub.
+#: Per friendly name (helpers.models.MODELS), the components the pipeline loads.
 COMPONENTS: dict[str, tuple[Component, ...]] = {
+    "shapes": (
+        Component("transformer", "diffusers.FluxTransformer2DModel", MODEL_DIR / "transformer",
+                  source="helpers/shapes/model/transformer/config.json (the bundled book model)"),
+        Component("text_encoder", "transformers.CLIPTextModel", MODEL_DIR / "text_encoder",
+                  "transformers.CLIPTextConfig", "helpers/shapes/model/text_encoder/config.json"),
+    ),
     "flux.1-schnell": _flux1(False),
+    "flux.1-schnell-4bit": _flux1(False),  # the same checkpoint; MODELS says which components load in 4-bit
     "flux.1-dev": _flux1(True),
     "flux.2-klein": (
         Component("transformer", "diffusers.Flux2Transformer2DModel",
@@ -203,47 +222,55 @@ PUBLISHED_BYTES: dict[tuple[str, str], tuple[float, int]] = {
 }
 
 
+
 # ----------------------------------------------------------------------------------------------- counting
 
 class Size(NamedTuple):
-    """What one component holds: parameters, of which ``nn.Linear`` weights (what quantisers convert), values in
-    buffers (persistent ones are saved in the checkpoint), and the largest leaf module's parameters (the unit
-    sequential offload moves to the GPU). Residual blocks and width come from helpers.models, for transformers."""
+    """What one component holds: parameters, of which ``nn.Linear`` weights a 4-bit quantiser converts, values in
+    buffers (persistent ones are saved in the checkpoint), and, for transformers in helpers.models.ARCHITECTURES,
+    the residual blocks and their width."""
 
     params: int
-    linear_weights: int
+    quantisable: int
     buffers: int
     persistent_buffers: int
-    largest_leaf: int
     blocks: int = 0
     width: int = 0
 
     def nbytes(self, fmt: str = "bf16") -> float:
-        """Bytes in GPU memory with ``nn.Linear`` weights in ``fmt`` and everything else in bfloat16."""
+        """Bytes with the quantisable weights in ``fmt`` and everything else in bfloat16."""
         if fmt not in WEIGHT_BYTES:
             raise ValueError(f"unknown weight format {fmt!r}; choose one of {list(WEIGHT_BYTES)}")
-        other = self.params - self.linear_weights + self.buffers
-        return self.linear_weights * WEIGHT_BYTES[fmt] + other * OTHER_BYTES
+        return self.quantisable * WEIGHT_BYTES[fmt] + (self.params - self.quantisable + self.buffers) * OTHER_BYTES
 
 
-def _persistent_buffer_numel(model: torch.nn.Module) -> int:
-    return sum(b.numel() for m in model.modules() for name, b in m.named_buffers(recurse=False)
-               if name not in m._non_persistent_buffers_set)
+def _unconverted(module: torch.nn.Module) -> set[str]:
+    """Names of the ``nn.Linear`` layers transformers' bitsandbytes loading leaves unquantised: those matching
+    ``_keep_in_fp32_modules`` (T5's ``wo``), the output embedding and the module of the last parameter."""
+    if not hasattr(module, "get_output_embeddings"):  # diffusers models: every nn.Linear is converted
+        return set()
+    keep = set(getattr(module, "_keep_in_fp32_modules", None) or ()) | set(
+        getattr(module, "_keep_in_fp32_modules_strict", None) or ())
+    output = module.get_output_embeddings()
+    last = list(module.named_parameters())[-1][0].rsplit(".", 1)[0]
+    return {name for name, m in module.named_modules() if isinstance(m, torch.nn.Linear) and (
+        m is output or name == last or keep & set(name.split(".")))}
 
 
 def measure(module: torch.nn.Module) -> Size:
-    """Count a module's parameters (tied weights once), buffers and largest leaf."""
+    """Count a module's parameters (tied weights once), quantisable weights and buffers."""
     params = sum(p.numel() for p in module.parameters())
-    linear = sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear))
+    skip = _unconverted(module)
+    quantisable = sum(m.weight.numel() for name, m in module.named_modules()
+                      if isinstance(m, torch.nn.Linear) and name not in skip)
     buffers = sum(b.numel() for b in module.buffers())
-    largest = max((sum(p.numel() for p in m.parameters(recurse=False)) for m in module.modules()), default=0)
-    blocks = width = 0
+    persistent = sum(b.numel() for m in module.modules() for name, b in m.named_buffers(recurse=False)
+                     if name not in m._non_persistent_buffers_set)
     try:
-        blocks = len(residual_blocks(module))
-        width = hidden_width(module)
-    except (ValueError, AttributeError):
-        pass  # not a transformer in helpers.models.ARCHITECTURES (text encoders, VAEs)
-    return Size(params, linear, buffers, _persistent_buffer_numel(module), largest, blocks, width)
+        blocks, width = len(residual_blocks(module)), hidden_width(module)
+    except (ValueError, AttributeError):  # not a transformer of helpers.models.ARCHITECTURES
+        blocks = width = 0
+    return Size(params, quantisable, buffers, persistent, blocks, width)
 
 
 @functools.lru_cache(maxsize=None)
@@ -254,52 +281,64 @@ def component_sizes(model: str) -> dict[str, Size]:
     return {c.attribute: measure(c.build()) for c in COMPONENTS[model]}
 
 
-# ----------------------------------------------------------------------------------------------- fitting
+# ----------------------------------------------------------------------------------------------- needs
 
-OFFLOAD_MODES = ("GPU", "model offload", "sequential offload", "does not fit")
+class Need(NamedTuple):
+    """What one MODELS entry needs, in GiB: its weights as loaded (4-bit where ``MODELS[name].quantize`` says) in
+    all and of the largest component; GPU memory with every component on the GPU and with model offload (None for
+    4-bit entries); host RAM. The last three follow the rule of ``helpers.models.memory_plan``."""
 
-
-def peak_gib(sizes: Mapping[str, Size], mode: str, fmt: Callable[[str], str] | str = "bf16",
-             margin_gib: float = MARGIN_GIB) -> float:
-    """Approximate peak GPU memory (GiB) of one generation: all weights (``"GPU"``), the largest component
-    (``"model offload"``: ``enable_model_cpu_offload()`` keeps one component on the GPU at a time), or the largest
-    leaf module (``"sequential offload"``), plus ``margin_gib``. ``fmt``: a weight format for every component, or
-    a function attribute -> format."""
-    pick = (lambda name: fmt) if isinstance(fmt, str) else fmt
-    nbytes = {name: s.nbytes(pick(name)) for name, s in sizes.items()}
-    if mode == "GPU":
-        weights = sum(nbytes.values())
-    elif mode == "model offload":
-        weights = max(nbytes.values())
-    elif mode == "sequential offload":
-        weights = max(s.largest_leaf for s in sizes.values()) * WEIGHT_BYTES["bf16"]
-    else:
-        raise ValueError(f"mode must be one of {OFFLOAD_MODES[:3]}, got {mode!r}")
-    return weights / GIB + margin_gib
+    weights: float
+    largest: float
+    gpu: float
+    offload: float | None
+    ram: float
 
 
-def fit(sizes: Mapping[str, Size], gpu_gib: float, fmt: Callable[[str], str] | str = "bf16",
-        margin_gib: float = MARGIN_GIB) -> str:
-    """The least offloading that fits a GPU of ``gpu_gib``: one of OFFLOAD_MODES."""
-    for mode in OFFLOAD_MODES[:3]:
-        if peak_gib(sizes, mode, fmt, margin_gib) <= gpu_gib:
-            return mode
-    return OFFLOAD_MODES[3]
+def weight_format(model: str, attribute: str) -> str:
+    return "4-bit" if attribute in MODELS[model].quantize else "bf16"
 
 
-def quantised(fmt: str) -> Callable[[str], str]:
-    """Weight format per component: ``fmt`` for the transformer and the text encoders, bfloat16 for the VAE."""
-    return lambda name: "bf16" if name == "vae" else fmt
+def need(model: str) -> Need:
+    """The memory one MODELS entry needs: weights from the component counts (rounded to 0.01 GiB, as MODELS holds
+    them), GPU memory and RAM from those and the margins, by the rule of helpers.models.memory_plan."""
+    sizes = component_sizes(model)
+    nbytes = [s.nbytes(weight_format(model, a)) for a, s in sizes.items()]
+    weights, largest = round(sum(nbytes) / GIB, 2), round(max(nbytes) / GIB, 2)
+    quantised = bool(MODELS[model].quantize)
+    # bfloat16: from_pretrained holds the whole pipeline in RAM before .to("cuda"), and offloaded weights live there.
+    # 4-bit: bitsandbytes quantises each weight onto the GPU as it is read; RAM holds about one component at most.
+    ram = (largest if quantised else weights) + RAM_MARGIN_GIB
+    return Need(weights, largest, weights + MARGIN_GIB, None if quantised else largest + MARGIN_GIB, ram)
+
+
+def models_numbers() -> dict[str, tuple[float, float]]:
+    """{name: (weights_gib, largest_gib)} as helpers.models.MODELS must hold them."""
+    return {name: need(name)[:2] for name in MODELS}
+
+
+def fits(gpu_gib: float, ram_gib: float) -> dict[str, str]:
+    """{model: "gpu" | "offload" | "no"} for a machine, as helpers.load_pipeline decides (memory_plan)."""
+    out = {}
+    for name, m in MODELS.items():
+        if m.hub_id is None:
+            continue
+        try:
+            out[name] = memory_plan(name, gpu_gib, ram_gib)
+        except ValueError:
+            out[name] = "no"
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- tables
 
+HUB_MODELS = [n for n, m in MODELS.items() if m.hub_id]
+#: Models with their own weights: the 4-bit entries share their checkpoint with a bfloat16 one.
+CHECKPOINTS = [n for n in HUB_MODELS if not MODELS[n].quantize]
+
+
 def _billions(n: float) -> str:
     return f"{n / 1e9:.2f}"
-
-
-def _gib(n: float) -> str:
-    return f"{n / GIB:.1f}"
 
 
 def _markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -308,106 +347,94 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def models_table() -> str:
-    """The one-line switch: friendly name, hub checkpoint, pipeline class, licence gate, guidance layout."""
-    rows = [[f'`"{name}"`', f"[{m.hub_id}](https://huggingface.co/{m.hub_id})", f"`{m.pipeline}`",
-             "yes" if m.gated else "no", m.guidance] for name, m in MODELS.items()]
-    return _markdown(["`MODEL =`", "hub checkpoint", "pipeline", "licence to accept", "rows of a denoising step"],
-                     rows)
+GUIDANCE = {NONE: "no guidance rows", BATCHED: "guidance rows [uncond; cond] in one call",
+            TWO_CALLS: "guidance in two calls: [cond], then [uncond]"}
+
+
+def models_list() -> str:
+    """The one-line switch: friendly name, hub checkpoint, pipeline class, licence, guidance rows."""
+    lines = []
+    for name in HUB_MODELS:
+        m = MODELS[name]
+        quant = f" with {' and '.join(f'`{c}`' for c in m.quantize)} in 4-bit" if m.quantize else ""
+        lines.append(f'- `"{name}"`: [{m.hub_id.split("/")[1]}](https://huggingface.co/{m.hub_id}){quant}, '
+                     f"`{m.pipeline}`, {GUIDANCE[m.guidance]}" + (", **licence to accept**" if m.gated else "") + ".")
+    return "\n".join(lines)
 
 
 def parameters_table() -> str:
-    """Parameters per component (billions) and the bfloat16 weights (GiB), per model."""
+    """Parameters per component, in billions."""
     rows = []
-    for name in COMPONENTS:
+    for name in CHECKPOINTS:
         sizes = component_sizes(name)
-        encoders = [s for a, s in sizes.items() if a.startswith("text_encoder")]
-        t = sizes["transformer"]
-        rows.append([f'`"{name}"`', _billions(t.params), f"{t.blocks} x {t.width}",
-                     " + ".join(_billions(s.params) for s in encoders), _billions(sizes["vae"].params),
-                     _gib(sum(s.nbytes() for s in sizes.values())),
-                     _gib(max(s.nbytes() for s in sizes.values())),
-                     f"{stats_mb(t):.0f}"])
-    return _markdown(["model", "transformer (B params)", "residual blocks x width", "text encoder(s) (B params)",
-                      "VAE (B params)", "all weights, bf16 (GiB)", "largest component, bf16 (GiB)",
-                      f"recorded statistics per image, {RECORD_STEPS} steps (MB, CPU)"], rows)
+        encoders = " + ".join(_billions(s.params) for a, s in sizes.items() if a.startswith("text_encoder"))
+        rows.append([f"`{name}`", _billions(sizes["transformer"].params), encoders, _billions(sizes["vae"].params)])
+    return _markdown(["model", "transformer", "text encoders", "VAE"], rows)
 
 
-def stats_mb(transformer: Size) -> float:
-    """Megabytes of ``helpers.record`` statistics for one image over RECORD_STEPS steps (kept on the CPU)."""
-    from .activations import stats_nbytes
-    return stats_nbytes(RECORD_STEPS, transformer.blocks, 1, transformer.width) / 1e6
-
-
-def fit_table(fmt: Callable[[str], str] | str = "bf16") -> str:
-    """Per model and GPU, the least offloading that fits, with the estimated peak (GiB) in brackets."""
+def hooks_table() -> str:
+    """What the hooks see: residual blocks x width, and the recorded statistics of one image."""
     rows = []
-    for name in COMPONENTS:
-        sizes = component_sizes(name)
-        cells = []
-        for gpu in GPUS.values():
-            mode = fit(sizes, gpu, fmt)
-            cells.append(mode if mode == OFFLOAD_MODES[3] else f"{mode} ({peak_gib(sizes, mode, fmt):.1f})")
-        rows.append([f'`"{name}"`', *cells])
-    return _markdown(["model", *[f"{g} ({v:.1f} GiB)" for g, v in GPUS.items()]], rows)
+    for name in CHECKPOINTS:
+        t = component_sizes(name)["transformer"]
+        rows.append([f"`{name}`", f"{t.blocks} x {t.width}",
+                     f"{stats_nbytes(RECORD_STEPS, t.blocks, 1, t.width) / 1e6:.0f}"])
+    return _markdown(["model", "blocks x width", "MB"], rows)
+
+
+def needs_table() -> str:
+    """Per model: weights as loaded, GPU memory (whole / with model offload) and RAM, in GiB."""
+    rows = [[f"`{name}`", f"{n.weights:.1f}", f"{n.gpu:.1f}", "-" if n.offload is None else f"{n.offload:.1f}",
+             f"{n.ram:.1f}"] for name in HUB_MODELS for n in [need(name)]]
+    return _markdown(["model", "weights", "GPU", "offload", "RAM"], rows)
+
+
+def fits_text() -> str:
+    """Per machine, which models load on the GPU, which with model offload, which not (memory_plan's decision)."""
+    words = {"gpu": "On the GPU", "offload": "With model offload", "no": "Does not fit"}
+    lines = []
+    for machine, (gpu, ram) in MACHINES.items():
+        plan = fits(gpu, ram)
+        parts = [f"{word}: " + ", ".join(f"`{n}`" for n, p in plan.items() if p == key)
+                 for key, word in words.items() if key in plan.values()]
+        lines.append(f"- **{machine}**, {gpu:.1f} GiB GPU and {ram:.1f} GiB RAM. " + ". ".join(parts) + ".")
+    return "\n".join(lines)
 
 
 def assumptions_text() -> str:
     """The inputs of the arithmetic, as a list (so that the page states them from the code that uses them)."""
-    fmts = ", ".join(f"{k} {v:g}" for k, v in WEIGHT_BYTES.items())
     return "\n".join([
-        f"- Weights: bfloat16 = {WEIGHT_BYTES['bf16']:g} bytes per value, parameters and buffers alike. For the "
-        f"quantised table only `nn.Linear` weights change format (bytes per weight: {fmts}); everything else "
-        "stays in bfloat16.",
-        f"- Margin: {MARGIN_GIB:g} GiB on top of the weights for one 1024x1024 image (activations, the VAE decode, "
-        "the CUDA context). This is an assumption, not a measurement.",
-        "- GPU memory as `nvidia-smi` reports it: " + ", ".join(f"{g}: {v:.1f} GiB" for g, v in GPUS.items()) + ".",
-        "- Model offload: peak = largest component + margin (one component on the GPU at a time). Sequential "
-        "offload: peak = largest single layer + margin.",
+        f"- Weights: bfloat16 = {WEIGHT_BYTES['bf16']:g} bytes per value. 4-bit (bitsandbytes NF4) = "
+        f"{WEIGHT_BYTES['4-bit']:g} bytes per `nn.Linear` weight the quantiser converts; everything else stays in "
+        "bfloat16 (T5 keeps its `wo` layers unquantised).",
+        f"- GPU: the weights (with model offload, the largest component) plus {MARGIN_GIB:g} GiB for one image's "
+        "activations, the VAE decode and the CUDA context.",
+        "- RAM: bfloat16 models need all their weights in RAM (`from_pretrained` loads the pipeline there before it "
+        "moves to the GPU; offloaded weights live there); 4-bit models about their largest component "
+        f"(bitsandbytes quantises each weight onto the GPU as it is read); plus {RAM_MARGIN_GIB:g} GiB for Python, "
+        "torch and the runtime.",
+        "- Machines: GPU memory as `nvidia-smi` reports it; RAM as Colab shows it for its runtimes (T4 12.7 GB, L4 "
+        "53 GB, A100 83.5 GB); the 80 GB server's 128 GiB is an example.",
+        "- The margins are assumptions, not measurements.",
     ])
-
-
-def summary_text() -> str:
-    """Computed sentences: per GPU, which models run fully on it, which need model offload."""
-    lines = []
-    for gpu, gib in GPUS.items():
-        by_mode: dict[str, list[str]] = {}
-        for name in COMPONENTS:
-            by_mode.setdefault(fit(component_sizes(name), gib), []).append(f"`{name}`")
-        parts = [f"{mode}: {', '.join(names)}" for mode, names in
-                 sorted(by_mode.items(), key=lambda kv: OFFLOAD_MODES.index(kv[0]))]
-        lines.append(f"- **{gpu}** (bfloat16) — " + "; ".join(parts) + ".")
-    gated = [f"`{n}`" for n, m in MODELS.items() if m.gated]
-    lines.append(f"- Licence to accept on the hub before the first download: {', '.join(gated)}.")
-    return "\n".join(lines)
-
-
-def host_ram_text() -> str:
-    """Model offload keeps every component in CPU memory: the host needs at least the total weights."""
-    rows = ", ".join(f"`{n}` {_gib(sum(s.nbytes() for s in component_sizes(n).values()))} GiB" for n in COMPONENTS)
-    return f"CPU memory the offloaded weights occupy (bfloat16): {rows}."
 
 
 def buffers_text() -> str:
     """Models whose buffers (fixed tables saved with the weights) are large enough to matter."""
-    notes = []
-    for name in COMPONENTS:
-        for attr, s in component_sizes(name).items():
-            if s.buffers > 0.01 * s.params:
-                notes.append(f"`{name}` {attr}: {s.buffers / 1e9:.2f} B values in buffers "
-                             f"({s.buffers * OTHER_BYTES / GIB:.2f} GiB in bfloat16), counted in the memory")
+    notes = [f"`{name}` {attr}: {s.buffers / 1e9:.2f} B values in buffers ({s.buffers * OTHER_BYTES / GIB:.2f} GiB "
+             "in bfloat16), counted above" for name in CHECKPOINTS for attr, s in component_sizes(name).items()
+             if s.buffers > 0.01 * s.params]
     return ("- " + "\n- ".join(notes)) if notes else "- No component holds buffers above 1% of its parameters."
 
 
 SECTIONS: dict[str, Callable[[], str]] = {
-    "models": models_table,
+    "models": models_list,
     "assumptions": assumptions_text,
+    "needs": needs_table,
+    "fits": fits_text,
     "parameters": parameters_table,
+    "hooks": hooks_table,
     "buffers": buffers_text,
-    "fit-bf16": fit_table,
-    "fit-4bit": lambda: fit_table(quantised("4-bit")),
-    "summary": summary_text,
-    "host-ram": host_ram_text,
 }
 
 _BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
@@ -430,16 +457,19 @@ def generated_blocks(text: str) -> dict[str, str]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--write", metavar="PAGE", help="refresh the generated blocks of this markdown page")
+    parser.add_argument("--models", action="store_true", help="print weights_gib, largest_gib for helpers.models")
     args = parser.parse_args(argv)
     if args.write:
         path = Path(args.write)
-        old = path.read_text()
+        old = path.read_text(encoding="utf-8")
         new = render(old)
-        path.write_text(new)
+        path.write_text(new, encoding="utf-8")
         print(f"{path}: {len(generated_blocks(new))} generated blocks, {'changed' if new != old else 'unchanged'}")
+    elif args.models:
+        for name, (weights, largest) in models_numbers().items():
+            print(f"{name:<22} weights_gib={weights}, largest_gib={largest}")
     else:
         for name, make in SECTIONS.items():
             print(f"## {name}\n{make()}\n")
