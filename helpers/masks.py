@@ -22,12 +22,20 @@ def grid(n_tokens: int) -> tuple[int, int]:
     return side, side
 
 
-def token_to_pixels(mask, patch: int) -> np.ndarray:
-    """Bool (..., tokens) or (..., rows, cols) token mask -> (..., rows * patch, cols * patch) pixel mask."""
+def token_to_pixels(mask, patch: int, flat: bool | None = None) -> np.ndarray:
+    """Bool (..., tokens) or (..., rows, cols) token mask -> (..., rows * patch, cols * patch) pixel mask.
+    ``flat`` says which form the last axes are; by default a 1-D mask is flat, and the last axis is flat tokens
+    when its length is a square other than the axis before it; (64, 64) is ambiguous and needs ``flat``."""
     m = _numpy(mask).astype(bool)
     if isinstance(patch, bool) or not isinstance(patch, (int, np.integer)) or patch < 1:
         raise ValueError(f"patch must be a positive integer, got {patch!r}")
-    if m.ndim == 1 or (m.ndim >= 2 and math.isqrt(m.shape[-1]) ** 2 == m.shape[-1] and m.shape[-2] != m.shape[-1]):
+    if flat is None:
+        square = math.isqrt(m.shape[-1]) ** 2 == m.shape[-1]
+        if m.ndim >= 2 and square and m.shape[-2] == m.shape[-1]:
+            raise ValueError(f"a token mask of shape {m.shape} is ambiguous: pass flat=True for (..., tokens) "
+                             "or flat=False for a (..., rows, cols) grid")
+        flat = m.ndim == 1 or square
+    if flat:
         m = m.reshape(*m.shape[:-1], *grid(m.shape[-1]))
     return m.repeat(patch, axis=-2).repeat(patch, axis=-1)
 
