@@ -203,6 +203,7 @@ class Recording(_Context):
                                channel_table(keep["channels"], len(self.blocks), self.width))
         self._stats: list[list[torch.Tensor]] = []  # per step, per call: (blocks, rows, 3, channels)
         self._tokens: dict[tuple[int, int], list[torch.Tensor]] = defaultdict(list)
+        self._joined = None
         self._buffer, self._cache = [None] * len(self.blocks), None
 
     def _asked(self):
@@ -239,8 +240,13 @@ class Recording(_Context):
     abs_mean = property(lambda self: self._all()[:, :, :, 1], doc="Mean |x| over the image tokens.")
     abs_max = property(lambda self: self._all()[:, :, :, 2], doc="Max |x| over the image tokens.")
 
-    tokens = property(lambda self: {key: torch.cat(parts) for key, parts in self._tokens.items()},
-                      doc="{(step, block): (rows, image tokens, channels)} for the steps and blocks kept.")
+    @property
+    def tokens(self) -> dict[tuple[int, int], torch.Tensor]:
+        """{(step, block): (rows, image tokens, channels)} for the steps and blocks kept (joined once)."""
+        if self._joined is None or len(self._joined[0]) != sum(map(len, self._tokens.values())):
+            self._joined = (range(sum(map(len, self._tokens.values()))),
+                            {key: torch.cat(parts) for key, parts in self._tokens.items()})
+        return self._joined[1]
 
     def conditional_rows(self, n_images: int) -> list[int]:
         """The rows of the n images' conditional samples (all rows without guidance): ``models.conditional_rows``."""

@@ -7,7 +7,7 @@ import torch
 
 from .pipeline import (ShapesPipeline, build_components, build_tokenizer, image_to_latents, latents_to_image, pack,
                        unpack)
-from .quality import QUALITY_SEED, generate, measure_quality
+from .quality import QUALITY_SEED, generate, held_out_scenes, measure_quality
 from .world import (ATTRIBUTES, CANVAS, COLOURS, HELD_OUT, PALETTE, PATTERNS, POSITIONS, SHAPES, SIZES, TEXTURES,
                     UNNAMED, VOCABULARY, WHERE, Scene, all_scenes, evaluate, evaluate_batch, is_held_out, parse_caption,
                     render, sample_scenes, score)
