@@ -48,13 +48,13 @@ def top_to_median(stat, ranks=3):  # used again later
 
 # ---------------------------------------- 02_disruption
 
-def bottom_k(stat, k):  # used again later
+def bottom_k(stat, k):
     """The k channels with the smallest statistic in each block (the paper's control):
     (blocks, k)."""
     return top_k(-stat, k)
 
 
-def random_k(stat, k, seed=0, exclude=None):  # used again later
+def random_k(stat, k, seed=0, exclude=None):
     """k channels per block drawn uniformly among those not in ``exclude`` (blocks, m):
     (blocks, k)."""
     scores = torch.rand(stat.shape, generator=torch.Generator().manual_seed(seed))
@@ -63,7 +63,7 @@ def random_k(stat, k, seed=0, exclude=None):  # used again later
     return top_k(scores, k)
 
 
-def channel_index(channels, site, x):  # used again later
+def channel_index(channels, site, x):
     """Indices (rows, tokens, k) of the chosen channels in x for this call.
     ``channels`` is (blocks, k), the same for every image, or (blocks, images, k),
     one set per image (row r is image r % images)."""
@@ -74,7 +74,7 @@ def channel_index(channels, site, x):  # used again later
     return idx[:, None, :].expand(-1, x.shape[1], -1).to(x.device)
 
 
-def zero_channels(channels):  # used again later
+def zero_channels(channels):
     """An edit for ``helpers.intervene``: set the chosen channels of every image
     token to zero."""
 
