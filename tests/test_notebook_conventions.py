@@ -460,10 +460,10 @@ NBVAL_NOTEBOOK = {
          "outputs": [
              {"output_type": "display_data", "data": {GLUE + "text/plain": "'VALUE'"},
               "metadata": {"scrapbook": {"name": "t-value", "mime_prefix": GLUE}}},
-             {"output_type": "display_data",
-              "data": {GLUE + "image/png": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==",
-                       GLUE + "text/plain": "<Figure size 640x480 with 1 Axes>"},
-              "metadata": {"scrapbook": {"name": "t-fig", "mime_prefix": GLUE}}}]}],
+             {"output_type": "display_data",  # a glued figure is shown (and closed): helpers.figures.glue
+              "data": {"image/png": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==",
+                       "text/plain": "<Figure size 640x480 with 1 Axes>"},
+              "metadata": {"scrapbook": {"name": "t-fig", "mime_prefix": ""}}}]}],
     "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
     "nbformat": 4, "nbformat_minor": 5,
 }
