@@ -15,6 +15,9 @@ import matplotlib.patheffects as pe
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from IPython.core.formatters import format_display_data
+from IPython.display import display as show
+from matplotlib_inline.backend_inline import set_matplotlib_formats
 
 DPI = 100  # shown pixels per inch; "retina" PNGs hold twice as many
 FONT = 9  # points; nothing smaller than 8
@@ -25,11 +28,7 @@ def setup() -> None:
     plt.rcParams.update({"figure.dpi": DPI, "savefig.dpi": DPI, "font.size": FONT, "axes.titlesize": FONT,
                          "axes.labelsize": FONT, "xtick.labelsize": 8, "ytick.labelsize": 8, "legend.fontsize": 8,
                          "figure.titlesize": FONT + 1, "figure.constrained_layout.use": True})
-    try:
-        from matplotlib_inline.backend_inline import set_matplotlib_formats
-        set_matplotlib_formats("retina")
-    except ImportError:  # not in IPython
-        pass
+    set_matplotlib_formats("retina")
 
 
 def glue(name: str, value, display: bool | None = None) -> None:
@@ -37,8 +36,6 @@ def glue(name: str, value, display: bool | None = None) -> None:
     ``{glue:text}`` and ``{glue:figure}`` find it (the same output myst_nb.glue writes). A figure is shown once (in
     Jupyter and Colab; tag the cell ``remove-output`` so the book shows it only under its caption) and closed;
     other values are shown only with ``display=True``."""
-    from IPython.core.formatters import format_display_data
-    from IPython.display import display as show
     figure = isinstance(value, plt.Figure)
     display = figure if display is None else display
     bundle, metadata = format_display_data(value)
@@ -106,15 +103,11 @@ def image_grid(images, row_labels: Sequence[str] | None = None, col_labels: Sequ
 
 def _nested(x) -> bool:
     """Whether ``images`` is a grid (rows of images) rather than one row."""
-    if isinstance(x, np.ndarray) or torch.is_tensor(x):
-        return x.ndim == 5 or (x.ndim == 4 and x.shape[-1] not in (3, 4))
-    if not isinstance(x, (list, tuple)) or not len(x):
-        return False
-    first = x[0]
+    first = x[0] if isinstance(x, (list, tuple)) and len(x) else x
     if isinstance(first, (list, tuple)):
         return True
-    return (isinstance(first, np.ndarray) or torch.is_tensor(first)) and (
-        first.ndim == 4 or (first.ndim == 3 and first.shape[-1] not in (3, 4)))
+    ndim = first.ndim + (first is not x) if isinstance(first, np.ndarray) or torch.is_tensor(first) else 0
+    return ndim == 5 or (ndim == 4 and first.shape[-1] not in (3, 4))
 
 
 def heatmap(values, row_labels: Sequence[str], col_labels: Sequence[str], title: str | None = None,

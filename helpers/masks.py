@@ -23,9 +23,8 @@ def grid(n_tokens: int) -> tuple[int, int]:
 
 
 def token_to_pixels(mask, patch: int, flat: bool | None = None) -> np.ndarray:
-    """Bool (..., tokens) or (..., rows, cols) token mask -> (..., rows * patch, cols * patch) pixel mask.
-    ``flat`` says which form the last axes are; by default a 1-D mask is flat, and the last axis is flat tokens
-    when its length is a square other than the axis before it; (64, 64) is ambiguous and needs ``flat``."""
+    """Bool (..., tokens) or (..., rows, cols) token mask -> (..., rows * patch, cols * patch) pixel mask. ``flat``:
+    which form it is (default: flat when the last axis is a square number; (64, 64) is ambiguous and needs it)."""
     m = _numpy(mask).astype(bool)
     if isinstance(patch, bool) or not isinstance(patch, (int, np.integer)) or patch < 1:
         raise ValueError(f"patch must be a positive integer, got {patch!r}")

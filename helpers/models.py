@@ -193,16 +193,10 @@ RAM_MARGIN_GIB = 2.0  # host RAM for Python, torch and the runtime on top of the
 
 
 def memory_plan(name: str, gpu_gib: float, ram_gib: float) -> str:
-    """How ``name`` fits a machine with ``gpu_gib`` GiB of GPU memory and ``ram_gib`` GiB of RAM: "gpu" (every
-    component on the GPU), "offload" (``enable_model_cpu_offload``: one component on the GPU at a time) or, for the
-    bundled model without a GPU, "cpu". Otherwise a ValueError that says what is missing and what fits here.
-
-    The needs (tools/memory.py computes ``weights_gib`` and ``largest_gib``; book/real_models.md shows the rest):
-    GPU memory for the weights, or with model offload for the largest component, plus ``MARGIN_GIB``; RAM for every
-    weight of a bfloat16 model (``from_pretrained`` loads the pipeline into RAM before it moves to the GPU, and
-    offloaded weights live there) or for the largest component of a 4-bit one (bitsandbytes quantises each weight
-    onto the GPU as it is read), plus ``RAM_MARGIN_GIB``. 4-bit entries are not offloaded.
-    """
+    """How ``name`` fits a machine: "gpu" (all on the GPU), "offload" (``enable_model_cpu_offload``) or "cpu" (the
+    bundled model without a GPU); else a ValueError saying what is missing and what fits. Needs: the weights (or, with
+    offload, the largest component) + ``MARGIN_GIB`` of GPU memory; all bfloat16 weights (a 4-bit model: its largest
+    component) + ``RAM_MARGIN_GIB`` of RAM, as tools/memory.py and book/real_models.md compute them."""
     m = _entry(name)
     if m.hub_id is None:
         return "gpu" if gpu_gib > 0 else "cpu"
