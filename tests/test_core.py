@@ -115,3 +115,8 @@ def test_paired_tests():
     assert stats.mcnemar([True, False], [True, False]) == 1.0
     with pytest.raises(ValueError, match="same length"):
         stats.mcnemar([True], [True, False])
+
+
+def test_p_values_are_written_one_way():
+    assert stats.p_text(0.0004) == "p < 0.001" and stats.p_text(0.2191) == "p = 0.219"
+    assert stats.fmt((0.5, 0.41234, 0.6)) == "0.500 [0.412, 0.600]"

@@ -5,10 +5,30 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers.shapes.world import (ATTRIBUTES, COLOURS, HELD_OUT, PALETTE, PATTERNS, POSITIONS, SHAPES, SIZES, TEXTURES,
-                                  UNNAMED, WHERE, Scene,
-                                  all_scenes, evaluate, evaluate_batch, is_held_out, parse_caption, render,
-                                  sample_scenes, score)
+from helpers.shapes.world import (
+    ATTRIBUTES,
+    COLOURS,
+    HELD_OUT,
+    PALETTE,
+    PATTERNS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    TEXTURES,
+    UNNAMED,
+    WHERE,
+    Scene,
+    agreement,
+    all_scenes,
+    evaluate,
+    evaluate_batch,
+    is_held_out,
+    parse_caption,
+    render,
+    sample_scenes,
+    score,
+    stray_fraction,
+)
 
 EXPECTED_PALETTE = {
     "red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40),
@@ -311,3 +331,20 @@ def test_exclude_that_rules_out_everything_is_refused_instead_of_looping():
         sample_scenes(1, 0, exclude=[{}])
     with pytest.raises(ValueError, match="non-negative integer"):
         sample_scenes(2.5, 0)
+
+
+def test_agreement_is_per_image_and_score_is_its_mean(sample_v2):
+    scenes, images = sample_v2
+    predicted = evaluate_batch(images[:50])
+    right = agreement(predicted, scenes[:50], ATTRIBUTES + UNNAMED)
+    assert right.shape == (50, 7) and right.dtype == bool
+    assert score(predicted, scenes[:50])["all"] == right[:, :5].all(1).mean()
+    wrong = [dict(p, colour="purple" if p["colour"] != "purple" else "red") for p in predicted]
+    assert not agreement(wrong, scenes[:50]).all(1).any()
+
+
+def test_stray_fraction_is_small_on_renders_and_large_on_noise(sample_v2):
+    _, images = sample_v2
+    assert stray_fraction(images[:100]).max() < 0.08 and np.median(stray_fraction(images[:100])) < 0.02  # edges
+    noise = np.random.default_rng(0).uniform(0, 1, (10, 32, 32, 3))
+    assert stray_fraction(noise).min() > 0.5

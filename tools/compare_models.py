@@ -12,19 +12,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import helpers  # noqa: E402
-from helpers.shapes import HELD_OUT, evaluate_batch, load_shapes_pipeline, measure_quality, sample_scenes  # noqa: E402
+import helpers
+from helpers.shapes import HELD_OUT, evaluate_batch, load_shapes_pipeline, measure_quality, sample_scenes
 
 CHAPTERS = ["02_disruption", "03_clustering", "04_prompt_transport", "05_subject_transport"]
 GLUE = "application/papermill.record/text/plain"
@@ -58,13 +58,13 @@ def glued(notebook: Path) -> dict[str, str]:
 
 
 def run_chapter(name: str, model: str, scratch: Path) -> tuple[dict[str, str], float]:
-    """Execute a chapter on a model (a scratch copy) and return its glued values and the run time."""
+    """Execute a chapter on a model (a scratch copy, in a subprocess that sees FEW_CHANNELS_SHAPES_MODEL) and
+    return its glued values and the run time."""
     target = scratch / f"{name}.ipynb"
+    shutil.copy(ROOT / "notebooks" / f"{name}.ipynb", target)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
-                    "--ExecutePreprocessor.timeout=1800", f"--output={target}", str(ROOT / "notebooks" / f"{name}.ipynb")],
-                   check=True, env={**os.environ, "FEW_CHANNELS_SHAPES_MODEL": model}, cwd=ROOT / "notebooks",
-                   capture_output=True)
+    subprocess.run([sys.executable, str(ROOT / "tools" / "run_notebooks.py"), str(target)], check=True,
+                   env={**os.environ, "FEW_CHANNELS_SHAPES_MODEL": model}, cwd=ROOT, capture_output=True)
     return glued(target), time.perf_counter() - start
 
 

@@ -7,7 +7,7 @@ denoising 32x32 RGB images in pixel space, packed into 4x4 patches (64 image tok
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from ..seeding import generators
 from .world import HELD_OUT, Scene, all_scenes, evaluate_batch, is_held_out, parse_caption, sample_scenes, score
 

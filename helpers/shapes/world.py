@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -128,7 +128,7 @@ class Scene:
         img = (1 - cov) * bg + (cov - pat) * fg + pat * (fg + shift)
         return np.clip(img, 0, 1).astype(np.float32)
 
-    def replace(self, **changes) -> "Scene":
+    def replace(self, **changes) -> Scene:
         return dataclasses.replace(self, **changes)
 
 
@@ -416,16 +416,32 @@ def evaluate_batch(images) -> list[dict]:
     return [evaluate(im) for im in images]
 
 
-def score(predicted: Sequence[dict], truth: Sequence[Scene | dict], attributes: Sequence[str] = ATTRIBUTES) -> dict:
-    """Per-attribute accuracy and the fraction with every attribute right, of evaluations against ground truth.
-    ``attributes=UNNAMED`` scores the unnamed content (version 2) instead of the captioned attributes."""
+def agreement(predicted: Sequence[dict], truth: Sequence[Scene | dict], attributes: Sequence[str] = ATTRIBUTES
+              ) -> np.ndarray:
+    """Bool (images, attributes): whether each evaluation reads each attribute as the ground truth has it.
+    ``agreement(...).all(1)`` is "every attribute right", image by image (for paired tests)."""
     if len(predicted) != len(truth):
         raise ValueError(f"{len(predicted)} evaluations but {len(truth)} ground-truth scenes")
     unknown = set(attributes) - set(ATTRIBUTES + UNNAMED)
     if unknown:
         raise ValueError(f"unknown attribute(s) {sorted(unknown)}; expected some of {list(ATTRIBUTES + UNNAMED)}")
     truth = [{a: getattr(t, a) for a in attributes} if isinstance(t, Scene) else t for t in truth]
-    right = np.array([[p[a] == t[a] for a in attributes] for p, t in zip(predicted, truth)], bool)
+    return np.array([[p[a] == t[a] for a in attributes] for p, t in zip(predicted, truth)], bool).reshape(
+        len(truth), len(attributes))
+
+
+def score(predicted: Sequence[dict], truth: Sequence[Scene | dict], attributes: Sequence[str] = ATTRIBUTES) -> dict:
+    """Per-attribute accuracy and the fraction with every attribute right, of evaluations against ground truth.
+    ``attributes=UNNAMED`` scores the unnamed content (version 2) instead of the captioned attributes."""
+    right = agreement(predicted, truth, attributes)
     out = {a: float(right[:, i].mean()) for i, a in enumerate(attributes)}
     out["all"] = float(right.all(1).mean())
     return out
+
+
+def stray_fraction(images, distance: float = 0.25) -> np.ndarray:
+    """(images,): the fraction of each image's pixels farther than ``distance`` (RGB in [0, 1]) from every palette
+    colour: what a clean render or a good generation hardly has, and a damaged image has many of (the evaluator
+    snaps every pixel to its nearest palette colour, so it reads attributes even from mixed-colour patches)."""
+    x = np.asarray(images, np.float32).reshape(len(images), -1, 1, 3)
+    return (np.sqrt(((x - _PALETTE_ARRAY) ** 2).sum(-1)).min(-1) > distance).mean(-1)
