@@ -9,7 +9,7 @@ needing myst-nb installed: on Colab it only displays).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib.patheffects as pe
 import matplotlib.pyplot as plt
@@ -21,6 +21,7 @@ from matplotlib_inline.backend_inline import set_matplotlib_formats
 
 DPI = 100  # shown pixels per inch; "retina" PNGs hold twice as many
 FONT = 9  # points; nothing smaller than 8
+MAX_WIDTH = 7.2  # inches: the widest figure a 1280 px page shows at full size (tools/check_book.py)
 
 
 def setup() -> None:
@@ -66,7 +67,7 @@ def image_grid(images, row_labels: Sequence[str] | None = None, col_labels: Sequ
 
     ``images``: a (rows, cols) nested list / array of images, or a flat list (one row). ``masks``: the same layout
     of bool masks (or None entries), outlined in white with a black edge. ``size``: inches per image (1.0 inch
-    shows a 32x32 image at 100 px). Row labels sit left of each row, column labels above each column.
+    shows a 32x32 image at 100 px), shrunk to fit MAX_WIDTH but never below 96 px. Row labels sit left of each row.
     """
     rows = [list(r) for r in images] if _nested(images) else [list(images)]
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
@@ -76,7 +77,11 @@ def image_grid(images, row_labels: Sequence[str] | None = None, col_labels: Sequ
     for labels, n, what in ((row_labels, n_rows, "row"), (col_labels, n_cols, "column")):
         if labels is not None and len(labels) != n:
             raise ValueError(f"{n} {what}s but {len(labels)} {what} labels")
-    label_width = 1.3 if row_labels is not None else 0
+    label_width = 1.1 if row_labels is not None else 0
+    size = min(size, (MAX_WIDTH - label_width) / n_cols)
+    if size < 0.96:
+        raise ValueError(f"{n_cols} columns do not fit a page at 96 px per image: use at most "
+                         f"{int((MAX_WIDTH - label_width) / 0.96)} columns")
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(label_width + n_cols * size, n_rows * size + 0.4 * bool(
         col_labels) + 0.3 * bool(title)), squeeze=False)
     for r, row in enumerate(rows):
@@ -119,16 +124,12 @@ def heatmap(values, row_labels: Sequence[str], col_labels: Sequence[str], title:
     if ax is None:
         _, ax = plt.subplots(figsize=(1.2 + 0.62 * len(col_labels), 0.6 + 0.34 * len(row_labels)))
     im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
-    ax.set_xticks(range(len(col_labels)), col_labels)
-    ax.set_yticks(range(len(row_labels)), row_labels)
-    lo, hi = np.nanmin(values), np.nanmax(values)
-    for (i, j), v in np.ndenumerate(values):
+    ax.set(xticks=range(len(col_labels)), xticklabels=col_labels, yticks=range(len(row_labels)),
+           yticklabels=row_labels, title=title or "")
+    for (i, j), v in np.ndenumerate(values):  # dark text on the light half of the colour map
         if np.isfinite(v):
-            dark = (v - (vmin if vmin is not None else lo)) / max((vmax if vmax is not None else hi) - lo, 1e-12)
-            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=8,
-                    color="white" if dark < 0.5 else "black")
-    if title:
-        ax.set_title(title)
+            light = im.norm(v) >= 0.5
+            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=8, color="black" if light else "white")
     if colorbar:
         ax.figure.colorbar(im, ax=ax, shrink=0.8)
     return ax
@@ -149,5 +150,4 @@ def intervals(labels: Sequence[str], estimates, xlabel: str = "", reference: flo
     ax.set_yticks(y, labels)
     if reference is not None:
         ax.axvline(reference, color="grey", ls=":")
-    ax.set_xlabel(xlabel)
-    return ax
+    return ax.set_xlabel(xlabel) and ax

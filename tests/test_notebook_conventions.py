@@ -481,3 +481,27 @@ def test_nbval_compares_glued_text_not_figures(tmp_path):
     report = result.stdout + result.stderr
     assert "1 failed, 1 passed" in report, report[-3000:]
     assert "FAILED wrong.ipynb" in report and "application/papermill.record/text/plain" in report, report[-3000:]
+
+
+def test_figures_fit_the_page(notebook):
+    """A figure wider than helpers.figures.MAX_WIDTH is shrunk by the page (fonts under 8 pt, 32x32 images under 96
+    px); image outputs store the width they are shown at (retina PNGs hold twice as many pixels)."""
+    from helpers.figures import DPI, MAX_WIDTH
+    _, nb = notebook
+    problems = []
+    for i, cell in enumerate(nb["cells"]):
+        for out in cell.get("outputs", []) if cell["cell_type"] == "code" else []:
+            width = out.get("metadata", {}).get("image/png", {}).get("width")
+            if width and width > MAX_WIDTH * DPI + 1:
+                problems.append(f"{where(i, cell)}: a figure {width} px wide; make it at most {MAX_WIDTH} inches "
+                                "(fewer columns, a narrower figsize)")
+    assert not problems, "\n  ".join(problems)
+
+
+def test_figures_referred_to(notebook):
+    """Every numbered figure is referred to by its number in the text ({numref}`name`)."""
+    _, nb = notebook
+    markdown = "\n".join(source(c) for c in nb["cells"] if c["cell_type"] == "markdown")
+    names = [o["name"] for _, o, _ in directives(markdown, "glue:figure") if o.get("name")]
+    missing = [n for n in names if not re.search(r"\{numref\}`([^`<]*<)?" + re.escape(n) + r">?`", markdown)]
+    assert not missing, f"figures never referred to in the text: add {{numref}}`NAME` for {missing}"

@@ -17,7 +17,9 @@ numbers named, when
 - at 1280 px, a code or output block scrolls sideways: scrollWidth > clientWidth + 1 of a ``pre``, ``div.output``
   or ``div.highlight`` (closed solutions and hidden cells are opened first, so their blocks are checked too);
 - a raster image in the page's content is shown wider than its natural width / 1.5, i.e. it is blurry on a HiDPI
-  screen (save figures at >= 1.5x the size they are shown at: helpers.figures.setup() gives 2x);
+  screen (save figures at >= 1.5x the size they are shown at: helpers.figures.setup() gives 2x); or, at 1280 px, a
+  figure is shown narrower than the width it was made for (it is too wide for the page, so its fonts fall below
+  8 pt and its 32x32 images below 96 px);
 - at 390 px, the page itself scrolls sideways: document.scrollingElement.scrollWidth > innerWidth.
 
 The browser is the system Chromium ($CHROMIUM, default /usr/bin/chromium) with a fresh profile; Playwright never
@@ -177,10 +179,11 @@ SCALE_JS = """(scale) => {
     const w = img.getBoundingClientRect().width;
     if (!local || vector || !img.naturalWidth || w === 0 || !img.checkVisibility()) continue;
     checked++;
-    if (w > img.naturalWidth / scale + 0.5) {
+    const meant = parseFloat(img.style.width) || parseFloat(img.getAttribute('width')) || 0;
+    if (w > img.naturalWidth / scale + 0.5 || (meant && w < 0.97 * meant)) {
       out.push({where: C.describe(img), src: img.getAttribute('src').split('/').pop().slice(0, 24),
                 natural: img.naturalWidth, naturalH: img.naturalHeight, shown: Math.round(w),
-                limit: Math.floor(img.naturalWidth / scale)});
+                limit: Math.floor(img.naturalWidth / scale), meant: Math.round(meant)});
     }
   }
   return {checked, out};
@@ -263,9 +266,15 @@ class Page:
         result = self.page.evaluate(SCALE_JS, SCALE)
         self.stats["scaled"] += result["checked"]
         for i in result["out"]:
-            self.fail(f"image {i['src']} in {i['where']} is shown {i['shown']} px wide but is only {i['natural']}x"
-                      f"{i['naturalH']} px: blurry on HiDPI screens (shown at most {i['limit']} px = natural / {SCALE}; "
-                      f"save it at a higher dpi or show it smaller)", DESKTOP["width"])
+            if i["meant"] and i["shown"] < 0.97 * i["meant"]:
+                self.fail(f"figure {i['src']} in {i['where']} is {i['meant']} px wide but the page shows it at "
+                          f"{i['shown']} px: its fonts and 32x32 images shrink below their size (make the figure at "
+                          f"most {i['shown'] / 100:.1f} inches wide: fewer columns or a narrower figsize)",
+                          DESKTOP["width"])
+            else:
+                self.fail(f"image {i['src']} in {i['where']} is shown {i['shown']} px wide but is only "
+                          f"{i['natural']}x{i['naturalH']} px: blurry on HiDPI screens (shown at most {i['limit']} px "
+                          f"= natural / {SCALE}; save it at a higher dpi or show it smaller)", DESKTOP["width"])
 
     def page_width(self):
         result = self.page.evaluate(PAGE_WIDTH_JS)
