@@ -9,6 +9,7 @@ import operator
 from sklearn.cluster import KMeans
 from threadpoolctl import ThreadpoolController
 import torch
+from .shapes import PALETTE
 
 
 # ---------------------------------------- 01_observing
@@ -84,7 +85,40 @@ def zero_channels(channels):
     return edit
 
 
+def keep_move(edit, channels, kept):
+    """The same edit; it also keeps what it does to ``channels`` in
+    kept[step, block, first row]."""
+
+    def wrapped(x, site):
+        new = edit(x, site)
+        idx = channel_index(channels, site, x)
+        kept[site.step, site.block, site.rows.start] = (new - x).gather(-1, idx)
+        return new
+
+    return wrapped
+
+
+def add_move(channels, kept):
+    """Add a kept move (another run's, on other channels) to the chosen channels."""
+
+    def edit(x, site):
+        move = kept[site.step, site.block, site.rows.start].to(x)
+        return x.scatter_add(-1, channel_index(channels, site, x), move)
+
+    return edit
+
+
 # ---------------------------------------- 03_clustering
+
+def colour_truth(images, scenes):
+    """Shapes world: the object's pixels in ``images`` (B, H, W, 3) in [0, 1], those
+    nearer each scene's object colour than its background colour -> bool (B, H, W).
+    ``scenes``: with ``colour`` and ``background`` (Scenes, or parsed captions)."""
+    fg = np.array([PALETTE[s.colour] for s in scenes])[:, None, None] / 255
+    bg = np.array([PALETTE[s.background] for s in scenes])[:, None, None] / 255
+    images = np.asarray(images, np.float64)
+    return ((images - fg) ** 2).sum(-1) <= ((images - bg) ** 2).sum(-1) + 1e-6
+
 
 THREADS = ThreadpoolController()
 
