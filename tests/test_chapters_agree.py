@@ -21,7 +21,8 @@ def glued(name: str) -> dict[str, str]:
     return out
 
 
-@pytest.mark.parametrize("chapter, key", [("05_subject_transport", "ch5-k"), ("06_beyond", "ch6-k")])
+@pytest.mark.parametrize("chapter, key", [("05_subject_transport", "ch5-k"), ("06_beyond", "ch6-k"),
+                                          ("A1_training", "a1-k")])
 def test_transport_chapters_use_chapter_4s_k(chapter, key):
     assert glued(chapter)[key] == glued("04_prompt_transport")["ch4-k"], (
         f"{chapter} uses k = {glued(chapter)[key]} but chapter 4 chose {glued('04_prompt_transport')['ch4-k']}: "
