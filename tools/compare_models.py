@@ -63,8 +63,10 @@ def run_chapter(name: str, model: str, scratch: Path) -> tuple[dict[str, str], f
     target = scratch / f"{name}.ipynb"
     shutil.copy(ROOT / "notebooks" / f"{name}.ipynb", target)
     start = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "tools" / "run_notebooks.py"), str(target)], check=True,
-                   env={**os.environ, "FEW_CHANNELS_SHAPES_MODEL": model}, cwd=ROOT, capture_output=True)
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "run_notebooks.py"), str(target)], text=True,
+                          env={**os.environ, "FEW_CHANNELS_SHAPES_MODEL": model}, cwd=ROOT, capture_output=True)
+    if done.returncode:  # a chapter that fails on a model is a finding too: keep its last error line
+        return {"error": (done.stderr.strip().splitlines() or ["?"])[-1]}, time.perf_counter() - start
     return glued(target), time.perf_counter() - start
 
 
