@@ -5,30 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers.shapes.world import (
-    ATTRIBUTES,
-    COLOURS,
-    HELD_OUT,
-    PALETTE,
-    PATTERNS,
-    POSITIONS,
-    SHAPES,
-    SIZES,
-    TEXTURES,
-    UNNAMED,
-    WHERE,
-    Scene,
-    agreement,
-    all_scenes,
-    evaluate,
-    evaluate_batch,
-    is_held_out,
-    parse_caption,
-    render,
-    sample_scenes,
-    score,
-    stray_fraction,
-)
+from helpers.shapes.world import (ATTRIBUTES, COLOURS, HELD_OUT, PALETTE, PATTERNS, POSITIONS, SHAPES, SIZES, TEXTURES,
+                                  UNNAMED, WHERE, Scene, agreement, all_scenes, evaluate, evaluate_batch, is_held_out,
+                                  parse_caption, render, sample_scenes, score, stray_fraction)
 
 EXPECTED_PALETTE = {
     "red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40),

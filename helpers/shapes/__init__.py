@@ -5,42 +5,12 @@ from pathlib import Path
 
 import torch
 
-from .pipeline import (
-    ShapesPipeline,
-    build_components,
-    build_tokenizer,
-    image_to_latents,
-    latents_to_image,
-    pack,
-    unpack,
-)
+from .pipeline import (ShapesPipeline, build_components, build_tokenizer, image_to_latents, latents_to_image, pack,
+                       unpack)
 from .quality import QUALITY_SEED, generate, held_out_scenes, measure_quality
-from .world import (
-    ATTRIBUTES,
-    CANVAS,
-    COLOURS,
-    HELD_OUT,
-    PALETTE,
-    PATTERNS,
-    POSITIONS,
-    SHAPES,
-    SIZES,
-    TEXTURES,
-    UNNAMED,
-    VOCABULARY,
-    WHERE,
-    Scene,
-    agreement,
-    all_scenes,
-    evaluate,
-    evaluate_batch,
-    is_held_out,
-    parse_caption,
-    render,
-    sample_scenes,
-    score,
-    stray_fraction,
-)
+from .world import (ATTRIBUTES, CANVAS, COLOURS, HELD_OUT, PALETTE, PATTERNS, POSITIONS, SHAPES, SIZES, TEXTURES,
+                    UNNAMED, VOCABULARY, WHERE, Scene, agreement, all_scenes, evaluate, evaluate_batch, is_held_out,
+                    parse_caption, render, sample_scenes, score, stray_fraction)
 
 #: Where the trained book model lives (package data: installing the package brings it along).
 MODEL_DIR = Path(__file__).parent / "model"
