@@ -108,11 +108,15 @@ def image_grid(images, row_labels: Sequence[str] | None = None, col_labels: Sequ
 
 def _nested(x) -> bool:
     """Whether ``images`` is a grid (rows of images) rather than one row."""
-    first = x[0] if isinstance(x, (list, tuple)) and len(x) else x
+    if isinstance(x, np.ndarray) or torch.is_tensor(x):
+        return x.ndim == 5 or (x.ndim == 4 and x.shape[-1] not in (3, 4))
+    if not isinstance(x, (list, tuple)) or not len(x):
+        return False
+    first = x[0]
     if isinstance(first, (list, tuple)):
         return True
-    ndim = first.ndim + (first is not x) if isinstance(first, np.ndarray) or torch.is_tensor(first) else 0
-    return ndim == 5 or (ndim == 4 and first.shape[-1] not in (3, 4))
+    return (isinstance(first, np.ndarray) or torch.is_tensor(first)) and (
+        first.ndim == 4 or (first.ndim == 3 and first.shape[-1] not in (3, 4)))
 
 
 def heatmap(values, row_labels: Sequence[str], col_labels: Sequence[str], title: str | None = None,
@@ -150,4 +154,5 @@ def intervals(labels: Sequence[str], estimates, xlabel: str = "", reference: flo
     ax.set_yticks(y, labels)
     if reference is not None:
         ax.axvline(reference, color="grey", ls=":")
-    return ax.set_xlabel(xlabel) and ax
+    ax.set_xlabel(xlabel)
+    return ax
