@@ -328,6 +328,13 @@ def shown_text(out) -> str | None:
     return None
 
 
+def test_code_cells_short(notebook):
+    """A code cell is one step a reader takes in at a glance: at most 30 lines (CONTRIBUTING: about 25)."""
+    _, nb = notebook
+    long = [f"{where(i, c)}: {len(source(c).splitlines())} lines" for i, c in enumerate(nb["cells"])
+            if c["cell_type"] == "code" and len(source(c).splitlines()) > 30]
+    assert not long, "code cells over 30 lines: split them at a step\n  " + "\n  ".join(long)
+
 def test_printed_lines_fit(notebook):
     _, nb = notebook
     wide = []
